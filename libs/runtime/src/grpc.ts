@@ -1,0 +1,232 @@
+/**
+ * gRPC plumbing shared by every service: a server that always serves
+ * reflection (from the real descriptor set) and grpc.health.v1, handler
+ * wrappers that map errors to status in one place and continue the caller's
+ * trace, and clients that propagate the active trace and speak promises.
+ */
+import {
+  credentials, InterceptingCall, Metadata, Server, ServerCredentials, status,
+  type CallOptions, type ChannelOptions, type Client, type ClientUnaryCall, type handleBidiStreamingCall,
+  type handleServerStreamingCall, type handleUnaryCall, type Interceptor, type ServerDuplexStream,
+  type ServerUnaryCall, type ServerWritableStream, type ServiceDefinition, type ServiceError,
+  type UntypedServiceImplementation,
+} from "@grpc/grpc-js";
+import { ReflectionService } from "@grpc/reflection";
+import { HealthImplementation } from "grpc-health-check";
+import { context, propagation, ROOT_CONTEXT, SpanKind, type TextMapGetter } from "@opentelemetry/api";
+import { fileDescriptorProtos } from "@aspen/proto";
+import { fromServiceError, isServiceError, toServiceError } from "./errors.js";
+import type { Logger } from "./logger.js";
+import { Attr, withSpan } from "./telemetry.js";
+
+/** Largest message accepted or sent, bytes (outputs travel inline up to 1 MiB per stream). */
+export const MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
+
+const channelOptions: ChannelOptions = {
+  "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
+  "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
+  "grpc.keepalive_time_ms": 10_000,
+  "grpc.keepalive_timeout_ms": 5_000,
+  "grpc.keepalive_permit_without_calls": 1,
+};
+
+type KnownKeys<T> = keyof { [K in keyof T as string extends K ? never : K]: T[K] };
+
+/**
+ * A service implementation as async functions: unary handlers return the
+ * response, server-streaming handlers write and resolve when done, bidi
+ * handlers own their stream. Throwing a domain error yields its status.
+ */
+export type AsyncService<S> = {
+  [K in KnownKeys<S>]: S[K] extends handleUnaryCall<infer Req, infer Res>
+    ? (request: Req, call: ServerUnaryCall<Req, Res>) => Promise<Res>
+    : S[K] extends handleServerStreamingCall<infer Req, infer Res>
+      ? (request: Req, call: ServerWritableStream<Req, Res>) => Promise<void>
+      : S[K] extends handleBidiStreamingCall<infer Req, infer Res>
+        ? (call: ServerDuplexStream<Req, Res>) => void
+        : never;
+};
+
+const metadataGetter: TextMapGetter<Metadata> = {
+  keys: (carrier) => Object.keys(carrier.getMap()),
+  get: (carrier, key) => {
+    const values = carrier.get(key);
+    return values.length > 0 ? String(values[0]) : undefined;
+  },
+};
+
+function adapt(
+  serviceName: string,
+  definition: ServiceDefinition,
+  impl: Record<string, (...args: never[]) => unknown>,
+  log: Logger,
+): UntypedServiceImplementation {
+  const out: UntypedServiceImplementation = {};
+  for (const [key, method] of Object.entries(definition)) {
+    const handler = impl[key] as ((...args: unknown[]) => unknown) | undefined;
+    if (!handler) throw new Error(`${serviceName}: no handler for ${key}`);
+    const methodName = method.path.split("/").pop() ?? key;
+    const spanName = `${serviceName}/${methodName}`;
+    const report = (err: unknown) => {
+      const mapped = toServiceError(err);
+      if (mapped.code === status.INTERNAL) log.error({ err, method: spanName }, "request failed");
+      else log.debug({ method: spanName, code: mapped.code, details: mapped.details }, "request refused");
+      return mapped;
+    };
+    const traced = <T>(md: Metadata, fn: () => Promise<T>) =>
+      withSpan(
+        spanName,
+        {
+          parent: propagation.extract(ROOT_CONTEXT, md, metadataGetter),
+          kind: SpanKind.SERVER,
+          attributes: { [Attr.rpcService]: serviceName, [Attr.rpcMethod]: methodName },
+        },
+        fn,
+      );
+    if (!method.requestStream && !method.responseStream) {
+      out[key] = ((call: ServerUnaryCall<unknown, unknown>, callback: (e: unknown, r?: unknown) => void) => {
+        traced(call.metadata, () => handler(call.request, call) as Promise<unknown>).then(
+          (res) => callback(null, res),
+          (err) => callback(report(err)),
+        );
+      }) as handleUnaryCall<unknown, unknown>;
+    } else if (!method.requestStream && method.responseStream) {
+      out[key] = ((call: ServerWritableStream<unknown, unknown>) => {
+        traced(call.metadata, () => handler(call.request, call) as Promise<void>).then(
+          () => call.end(),
+          (err) => {
+            if (!call.destroyed) call.destroy(Object.assign(new Error(String(err)), report(err)));
+          },
+        );
+      }) as handleServerStreamingCall<unknown, unknown>;
+    } else {
+      out[key] = ((call: ServerDuplexStream<unknown, unknown>) => {
+        try {
+          handler(call);
+        } catch (err) {
+          call.destroy(Object.assign(new Error(String(err)), report(err)));
+        }
+      }) as handleBidiStreamingCall<unknown, unknown>;
+    }
+  }
+  return out;
+}
+
+export interface ServiceBinding<S> {
+  /** Fully qualified name, e.g. "aspen.v1.JobService" (for health and spans). */
+  name: string;
+  definition: ServiceDefinition;
+  implementation: AsyncService<S>;
+}
+
+/** Bind one service; keeps the implementation's type tied to its definition. */
+export function bindService<S>(name: string, definition: ServiceDefinition, implementation: AsyncService<S>): ServiceBinding<S> {
+  return { name, definition, implementation };
+}
+
+export interface GrpcServerOptions {
+  host: string;
+  /** 0 picks a free port. */
+  port: number;
+  log: Logger;
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  services: ServiceBinding<any>[];
+}
+
+/** A gRPC server with reflection and health. `start()` binds; `close()` drains, then forces. */
+export class GrpcServer {
+  readonly health: HealthImplementation;
+  private readonly server = new Server(channelOptions);
+  private closing: Promise<void> | undefined;
+  port = 0;
+
+  constructor(private readonly options: GrpcServerOptions) {
+    const statuses: Record<string, "SERVING"> = { "": "SERVING" };
+    for (const svc of options.services) {
+      this.server.addService(
+        svc.definition,
+        adapt(svc.name, svc.definition, svc.implementation as Record<string, never>, options.log),
+      );
+      statuses[svc.name] = "SERVING";
+    }
+    this.health = new HealthImplementation(statuses);
+    this.health.addToServer(this.server);
+    // ReflectionService reads only `fileDescriptorProtos` from the package definition.
+    const pkg = { aspen: { fileDescriptorProtos: fileDescriptorProtos() } };
+    new ReflectionService(pkg as unknown as ConstructorParameters<typeof ReflectionService>[0]).addToServer(this.server);
+  }
+
+  start(): Promise<number> {
+    return new Promise((resolve, reject) => {
+      this.server.bindAsync(`${this.options.host}:${this.options.port}`, ServerCredentials.createInsecure(), (err, port) => {
+        if (err) return reject(err);
+        this.port = port;
+        resolve(port);
+      });
+    });
+  }
+
+  /** Marks every service NOT_SERVING, lets calls finish for `graceMs`, then cancels the rest. */
+  close(graceMs = 5_000): Promise<void> {
+    this.closing ??= new Promise<void>((resolve) => {
+      this.health.setStatus("", "NOT_SERVING");
+      for (const svc of this.options.services) this.health.setStatus(svc.name, "NOT_SERVING");
+      const force = setTimeout(() => this.server.forceShutdown(), graceMs);
+      force.unref();
+      this.server.tryShutdown(() => {
+        clearTimeout(force);
+        resolve();
+      });
+    });
+    return this.closing;
+  }
+
+  /** Cancels every call now (streams included) and stops listening. */
+  forceClose(): void {
+    this.server.forceShutdown();
+  }
+}
+
+/** Injects the active trace context into each outgoing call's metadata. */
+const traceInterceptor: Interceptor = (options, nextCall) =>
+  new InterceptingCall(nextCall(options), {
+    start(metadata, listener, next) {
+      propagation.inject(context.active(), metadata, {
+        set: (carrier, key, value) => carrier.set(key, value),
+      });
+      next(metadata, listener);
+    },
+  });
+
+type ClientCtor<C> = new (address: string, creds: ReturnType<typeof credentials.createInsecure>, options?: object) => C;
+
+/** A client for `address` (host:port) that carries the caller's trace. */
+export function createClient<C extends Client>(Ctor: ClientCtor<C>, address: string): C {
+  return new Ctor(address, credentials.createInsecure(), { ...channelOptions, interceptors: [traceInterceptor] });
+}
+
+type UnaryMethod<Req, Res> = (
+  request: Req,
+  metadata: Metadata,
+  options: Partial<CallOptions>,
+  callback: (error: ServiceError | null, response: Res) => void,
+) => ClientUnaryCall;
+
+/**
+ * Calls a unary method and resolves with its response; a status becomes the
+ * matching domain error. `deadlineMs` bounds the call (default 10 s).
+ */
+export function unaryCall<Req, Res>(
+  method: UnaryMethod<Req, Res>,
+  request: Req,
+  options: { deadlineMs?: number; metadata?: Metadata } = {},
+): Promise<Res> {
+  return new Promise((resolve, reject) => {
+    method(
+      request,
+      options.metadata ?? new Metadata(),
+      { deadline: Date.now() + (options.deadlineMs ?? 10_000) },
+      (err, res) => (err ? reject(isServiceError(err) ? fromServiceError(err) : err) : resolve(res)),
+    );
+  });
+}

@@ -1,0 +1,222 @@
+/**
+ * Typed access to NATS JetStream: KV buckets of protobuf records where every
+ * write is create-if-absent or a compare-and-set on the key's revision, and
+ * the object store for large outputs. Services build their domain stores
+ * (ScheduleStore, JobStore...) on these; nothing else talks to NATS.
+ */
+import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { Kvm, type KV } from "@nats-io/kv";
+import { Objm, type ObjectStore } from "@nats-io/obj";
+import { AlreadyExistsError, ConflictError, UnavailableError, type Logger } from "@aspen/runtime";
+
+/** ts-proto message functions: all a bucket needs to store a record type. */
+export interface Codec<T> {
+  encode(message: T): { finish(): Uint8Array };
+  decode(bytes: Uint8Array): T;
+}
+
+export interface Versioned<T> {
+  key: string;
+  value: T;
+  /** KV revision of this value: pass it to `update` to compare-and-set. */
+  revision: number;
+}
+
+export interface StoreOptions {
+  /** NATS server URLs, e.g. ["nats://127.0.0.1:4222"]. */
+  servers: string[];
+  /** Connection name shown by the NATS server (the service name). */
+  name: string;
+  /** Replicas for buckets this process creates. Default 1. */
+  replicas?: number;
+  log: Logger;
+}
+
+/** JetStream's "wrong last sequence": the key exists (create) or moved on (update). */
+const WRONG_LAST_SEQUENCE = 10071;
+
+function isWrongLastSequence(err: unknown): boolean {
+  const e = err as { code?: unknown; api_error?: { err_code?: unknown }; message?: unknown };
+  return e?.code === WRONG_LAST_SEQUENCE || e?.api_error?.err_code === WRONG_LAST_SEQUENCE ||
+    (typeof e?.message === "string" && e.message.includes("wrong last sequence"));
+}
+
+export class Bucket<T> {
+  constructor(
+    readonly name: string,
+    private readonly kv: KV,
+    private readonly codec: Codec<T>,
+  ) {}
+
+  async get(key: string): Promise<Versioned<T> | undefined> {
+    const entry = await this.kv.get(key);
+    if (!entry || entry.operation !== "PUT") return undefined;
+    return { key, value: this.codec.decode(entry.value), revision: entry.revision };
+  }
+
+  /** Create-if-absent. Throws AlreadyExistsError when the key holds a value. */
+  async create(key: string, value: T): Promise<number> {
+    try {
+      return await this.kv.create(key, this.codec.encode(value).finish());
+    } catch (err) {
+      if (isWrongLastSequence(err)) throw new AlreadyExistsError(this.name, key);
+      throw err;
+    }
+  }
+
+  /** Compare-and-set. Throws ConflictError when the key moved past `revision`. */
+  async update(key: string, value: T, revision: number): Promise<number> {
+    try {
+      return await this.kv.update(key, this.codec.encode(value).finish(), revision);
+    } catch (err) {
+      if (isWrongLastSequence(err)) throw new ConflictError(`${this.name}/${key} changed since revision ${revision}`, { cause: err });
+      throw err;
+    }
+  }
+
+  /**
+   * Read-modify-CAS until it sticks. `change` gets the current value and
+   * returns the new one, or undefined to leave it (and return the current).
+   * It may run more than once, so it must not have side effects.
+   */
+  async mutate(key: string, change: (current: T) => T | undefined, maxTries = 20): Promise<Versioned<T> | undefined> {
+    for (let tries = 0; tries < maxTries; tries++) {
+      const current = await this.get(key);
+      if (!current) return undefined;
+      const next = change(current.value);
+      if (next === undefined) return current;
+      try {
+        const revision = await this.update(key, next, current.revision);
+        return { key, value: next, revision };
+      } catch (err) {
+        if (!(err instanceof ConflictError)) throw err;
+      }
+    }
+    throw new ConflictError(`${this.name}/${key}: gave up after ${maxTries} conflicting updates`);
+  }
+
+  /** Deletes the key; with `revision`, only if it has not moved on. */
+  async delete(key: string, revision?: number): Promise<void> {
+    try {
+      await this.kv.delete(key, revision === undefined ? undefined : { previousSeq: revision });
+    } catch (err) {
+      if (isWrongLastSequence(err)) throw new ConflictError(`${this.name}/${key} changed since revision ${revision}`, { cause: err });
+      throw err;
+    }
+  }
+
+  /** Every live record, read in one pass over the bucket (for rebuilding state on start). */
+  async all(): Promise<Versioned<T>[]> {
+    const status = await this.kv.status();
+    if (status.values === 0) return [];
+    const out = new Map<string, Versioned<T>>();
+    const watch = await this.kv.watch();
+    try {
+      for await (const entry of watch) {
+        if (entry.operation === "PUT") {
+          out.set(entry.key, { key: entry.key, value: this.codec.decode(entry.value), revision: entry.revision });
+        } else {
+          out.delete(entry.key);
+        }
+        if (entry.delta === 0 || entry.isUpdate) break;
+      }
+    } finally {
+      watch.stop();
+    }
+    return [...out.values()];
+  }
+
+  /** Calls `onChange` for every change after now (value undefined on delete) until the returned stop(). */
+  async watch(key: string, onChange: (key: string, value: Versioned<T> | undefined) => void): Promise<() => void> {
+    const watch = await this.kv.watch({ key, include: "updates" });
+    void (async () => {
+      for await (const entry of watch) {
+        onChange(
+          entry.key,
+          entry.operation === "PUT"
+            ? { key: entry.key, value: this.codec.decode(entry.value), revision: entry.revision }
+            : undefined,
+        );
+      }
+    })();
+    return () => watch.stop();
+  }
+}
+
+/** Large blobs (job outputs) in a JetStream object store. */
+export class ObjectBucket {
+  constructor(
+    readonly name: string,
+    private readonly os: ObjectStore,
+  ) {}
+
+  /** Stores `data` under `name`; returns its size and hex SHA-256. */
+  async put(name: string, data: Uint8Array): Promise<{ size: number; sha256: string }> {
+    const info = await this.os.putBlob({ name }, data);
+    return { size: info.size, sha256: digestToHex(info.digest) };
+  }
+
+  async get(name: string): Promise<Uint8Array | undefined> {
+    return (await this.os.getBlob(name)) ?? undefined;
+  }
+
+  async delete(name: string): Promise<void> {
+    await this.os.delete(name);
+  }
+}
+
+/** "SHA-256=<base64url>" (the object store's digest) → lowercase hex. */
+function digestToHex(digest: string): string {
+  const b64 = digest.replace(/^SHA-256=/, "");
+  return Buffer.from(b64, "base64url").toString("hex");
+}
+
+export class Store {
+  private closing: Promise<void> | undefined;
+
+  private constructor(
+    readonly nc: NatsConnection,
+    private readonly options: StoreOptions,
+  ) {}
+
+  /** Connects, retrying for up to `waitMs` so services can start before NATS is up. */
+  static async connect(options: StoreOptions, waitMs = 30_000): Promise<Store> {
+    const deadline = Date.now() + waitMs;
+    for (;;) {
+      try {
+        const nc = await connect({
+          servers: options.servers,
+          name: options.name,
+          maxReconnectAttempts: -1,
+          reconnectTimeWait: 500,
+        });
+        void (async () => {
+          for await (const s of nc.status()) options.log.info({ nats: s.type }, "nats connection status");
+        })();
+        return new Store(nc, options);
+      } catch (err) {
+        if (Date.now() > deadline) throw new UnavailableError(`cannot reach NATS at ${options.servers.join(",")}`, { cause: err });
+        options.log.warn({ err: (err as Error).message }, "NATS not reachable yet; retrying");
+        await new Promise((r) => setTimeout(r, 500));
+      }
+    }
+  }
+
+  /** Opens a KV bucket, creating it when missing. `history` keeps old revisions (default 1). */
+  async bucket<T>(name: string, codec: Codec<T>, opts: { history?: number } = {}): Promise<Bucket<T>> {
+    const kv = await new Kvm(this.nc).create(name, { history: opts.history ?? 1, replicas: this.options.replicas ?? 1 });
+    return new Bucket(name, kv, codec);
+  }
+
+  /** Opens an object store bucket, creating it when missing. */
+  async objects(name: string): Promise<ObjectBucket> {
+    const os = await new Objm(this.nc).create(name, { replicas: this.options.replicas ?? 1 });
+    return new ObjectBucket(name, os);
+  }
+
+  /** Flushes pending writes and closes. Safe to call twice. */
+  close(): Promise<void> {
+    this.closing ??= this.nc.isClosed() ? Promise.resolve() : this.nc.drain().catch(() => undefined);
+    return this.closing;
+  }
+}

@@ -1,0 +1,221 @@
+/**
+ * @aspen/testkit — real parts for tests: a nats-server with JetStream on a
+ * free port in a temporary folder, Aspen services as separate processes, and
+ * polling helpers. Everything disposes itself with `await using`.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { HealthCheckResponse_ServingStatus, HealthClient } from "@aspen/proto";
+import { createClient, unaryCall } from "@aspen/runtime";
+
+/** The repository root (this file is libs/testkit/dist/index.js). */
+export const repoRoot = fileURLToPath(new URL("../../../", import.meta.url));
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const address = srv.address();
+      const port = typeof address === "object" && address ? address.port : 0;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+export async function sleep(ms: number): Promise<void> {
+  await new Promise((r) => setTimeout(r, ms));
+}
+
+/** Polls `probe` until it returns a value other than undefined/false, or throws after `timeoutMs`. */
+export async function waitFor<T>(
+  what: string,
+  probe: () => Promise<T | undefined | false> | T | undefined | false,
+  timeoutMs = 10_000,
+  intervalMs = 50,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let lastError: unknown;
+  for (;;) {
+    try {
+      const value = await probe();
+      if (value !== undefined && value !== false) return value;
+    } catch (err) {
+      lastError = err;
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastError ? `: ${String(lastError)}` : ""}`);
+    }
+    await sleep(intervalMs);
+  }
+}
+
+async function waitExit(child: ChildProcess, timeoutMs: number): Promise<boolean> {
+  if (child.exitCode !== null || child.signalCode !== null) return true;
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => resolve(false), timeoutMs);
+    child.once("exit", () => {
+      clearTimeout(timer);
+      resolve(true);
+    });
+  });
+}
+
+export interface NatsServer extends AsyncDisposable {
+  url: string;
+  port: number;
+  storeDir: string;
+  /** SIGKILL the server (store kept) — for crash tests. */
+  kill(): Promise<void>;
+  /** Start it again on the same port and store. */
+  restart(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+/** Starts `nats-server -js` on a free loopback port with its own store folder. */
+export async function startNats(): Promise<NatsServer> {
+  const dir = mkdtempSync(join(tmpdir(), "aspen-nats-"));
+  const storeDir = join(dir, "js");
+  let port = 0;
+  let child: ChildProcess;
+  const launch = async () => {
+    const args = ["-js", "-sd", storeDir, "-a", "127.0.0.1", "-p", String(port || -1), "--ports_file_dir", dir];
+    child = spawn("nats-server", args, { stdio: ["ignore", "ignore", "pipe"] });
+    let stderr = "";
+    child.stderr?.on("data", (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
+    const spawnError = new Promise<never>((_, reject) =>
+      child.once("error", (err) => reject(new Error(`cannot start nats-server (is it installed?): ${err.message}`))),
+    );
+    const ready = waitFor("nats-server ports file", () => {
+      if (child.exitCode !== null) throw new Error(`nats-server exited: ${stderr}`);
+      const file = readdirSync(dir).find((f) => f.endsWith(".ports") && f.includes(String(child.pid)));
+      if (!file) return undefined;
+      const info = JSON.parse(readFileSync(join(dir, file), "utf8")) as { nats: string[] };
+      return info.nats[0];
+    });
+    const url = await Promise.race([ready, spawnError]);
+    port = Number(new URL(url).port);
+    // JetStream is ready once the server accepts connections; one more beat for the meta layer.
+    await sleep(100);
+  };
+  await launch();
+  const kill = async () => {
+    child.kill("SIGKILL");
+    await waitExit(child, 5_000);
+  };
+  const stop = async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill("SIGTERM");
+      if (!(await waitExit(child, 5_000))) await kill();
+    }
+  };
+  return {
+    get url() {
+      return `nats://127.0.0.1:${port}`;
+    },
+    get port() {
+      return port;
+    },
+    storeDir,
+    kill,
+    restart: launch,
+    stop,
+    async [Symbol.asyncDispose]() {
+      await stop();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+export type ServiceName = "scheduler" | "job-manager" | "coordinator" | "agent";
+
+export interface ServiceProcess extends AsyncDisposable {
+  name: string;
+  pid: number;
+  /** Every JSON log line so far, parsed. */
+  logs: Record<string, unknown>[];
+  /** Raw stderr and non-JSON stdout, for failure messages. */
+  output(): string;
+  kill(signal?: NodeJS.Signals): Promise<void>;
+  /** SIGTERM and wait for a clean exit; resolves to the exit code. */
+  stop(timeoutMs?: number): Promise<number | null>;
+  exited: Promise<number | null>;
+}
+
+/** Runs `services/<name>/dist/main.js` as its own Node process with the given environment. */
+export function startService(name: ServiceName, env: Record<string, string>, label: string = name): ServiceProcess {
+  const main = join(repoRoot, "services", name, "dist", "main.js");
+  const child = spawn(process.execPath, [main], {
+    env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: process.env.HOME ?? "/tmp", ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const logs: Record<string, unknown>[] = [];
+  let raw = "";
+  let partial = "";
+  child.stdout?.on("data", (d: Buffer) => {
+    partial += d.toString();
+    const lines = partial.split("\n");
+    partial = lines.pop() ?? "";
+    for (const line of lines) {
+      try {
+        logs.push(JSON.parse(line) as Record<string, unknown>);
+      } catch {
+        raw = (raw + line + "\n").slice(-20_000);
+      }
+    }
+  });
+  child.stderr?.on("data", (d: Buffer) => (raw = (raw + d.toString()).slice(-20_000)));
+  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+  const stop = async (timeoutMs = 10_000) => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill("SIGTERM");
+      if (!(await waitExit(child, timeoutMs))) {
+        child.kill("SIGKILL");
+        await waitExit(child, 5_000);
+        throw new Error(`${label} did not stop within ${timeoutMs} ms of SIGTERM`);
+      }
+    }
+    return child.exitCode;
+  };
+  return {
+    name: label,
+    pid: child.pid ?? -1,
+    logs,
+    output: () => raw,
+    exited,
+    async kill(signal: NodeJS.Signals = "SIGKILL") {
+      child.kill(signal);
+      if (signal === "SIGKILL") await waitExit(child, 5_000);
+    },
+    stop,
+    async [Symbol.asyncDispose]() {
+      await stop().catch(() => undefined);
+    },
+  };
+}
+
+/** Resolves once the gRPC health service at `address` answers SERVING. */
+export async function waitHealthy(address: string, timeoutMs = 15_000, process?: ServiceProcess): Promise<void> {
+  const client = createClient(HealthClient, address);
+  try {
+    await waitFor(
+      `${address} to be SERVING`,
+      async () => {
+        if (process) {
+          const code = await Promise.race([process.exited, sleep(0).then(() => "running" as const)]);
+          if (code !== "running") throw new Error(`${process.name} exited with ${code}:\n${process.output()}`);
+        }
+        const res = await unaryCall(client.check.bind(client), { service: "" }, { deadlineMs: 1_000 });
+        return res.status === HealthCheckResponse_ServingStatus.SERVING;
+      },
+      timeoutMs,
+      100,
+    );
+  } finally {
+    client.close();
+  }
+}
