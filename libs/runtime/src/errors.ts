@@ -47,6 +47,14 @@ export class FailedPreconditionError extends AspenError {
   }
 }
 
+/** A field or mode the API defines but this version does not implement yet. */
+export class UnimplementedError extends AspenError {
+  constructor(field: string, reason = "is not implemented yet") {
+    super(status.UNIMPLEMENTED, `${field}: ${reason}`);
+    this.name = "UnimplementedError";
+  }
+}
+
 export class ResourceExhaustedError extends AspenError {
   constructor(message: string) {
     super(status.RESOURCE_EXHAUSTED, message);
@@ -94,6 +102,8 @@ export function fromServiceError(err: ServiceError): AspenError {
   switch (err.code) {
     case status.NOT_FOUND:
       return Object.assign(new AspenError(status.NOT_FOUND, message, { cause: err }), { name: "NotFoundError" });
+    case status.INVALID_ARGUMENT:
+      return Object.assign(new AspenError(status.INVALID_ARGUMENT, message, { cause: err }), { name: "InvalidArgumentError" });
     case status.FAILED_PRECONDITION:
       return new FailedPreconditionError(message);
     case status.RESOURCE_EXHAUSTED:
@@ -107,3 +117,18 @@ export function fromServiceError(err: ServiceError): AspenError {
       return new AspenError(err.code, message, { cause: err });
   }
 }
+
+/**
+ * True for failures worth retrying as they are (the peer was unreachable,
+ * busy, or lost a race); false for refusals that would repeat (bad input,
+ * missing or conflicting state, not implemented).
+ */
+export function isRetryable(err: unknown): boolean {
+  if (!(err instanceof AspenError)) return !isServiceError(err) || retryableCodes.has(err.code);
+  return retryableCodes.has(err.code);
+}
+
+const retryableCodes = new Set<status>([
+  status.UNAVAILABLE, status.DEADLINE_EXCEEDED, status.RESOURCE_EXHAUSTED, status.ABORTED, status.INTERNAL, status.UNKNOWN,
+  status.CANCELLED,
+]);

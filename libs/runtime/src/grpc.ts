@@ -94,9 +94,8 @@ function adapt(
       out[key] = ((call: ServerWritableStream<unknown, unknown>) => {
         traced(call.metadata, () => handler(call.request, call) as Promise<void>).then(
           () => call.end(),
-          (err) => {
-            if (!call.destroyed) call.destroy(Object.assign(new Error(String(err)), report(err)));
-          },
+          // grpc-js turns an 'error' event on a server stream into the call's status.
+          (err) => call.emit("error", report(err)),
         );
       }) as handleServerStreamingCall<unknown, unknown>;
     } else {
@@ -104,7 +103,7 @@ function adapt(
         try {
           handler(call);
         } catch (err) {
-          call.destroy(Object.assign(new Error(String(err)), report(err)));
+          call.emit("error", report(err));
         }
       }) as handleBidiStreamingCall<unknown, unknown>;
     }
@@ -153,7 +152,11 @@ export class GrpcServer {
     this.health.addToServer(this.server);
     // ReflectionService reads only `fileDescriptorProtos` from the package definition.
     const pkg = { aspen: { fileDescriptorProtos: fileDescriptorProtos() } };
-    new ReflectionService(pkg as unknown as ConstructorParameters<typeof ReflectionService>[0]).addToServer(this.server);
+    // List only what this server serves (the descriptor set describes every Aspen service).
+    const served = [...options.services.map((svc) => svc.name), "grpc.health.v1.Health"];
+    new ReflectionService(pkg as unknown as ConstructorParameters<typeof ReflectionService>[0], { services: served }).addToServer(
+      this.server,
+    );
   }
 
   start(): Promise<number> {

@@ -1,7 +1,7 @@
 /** @aspen/runtime — what every Aspen process shares: errors↔status, config, logs, tracing, gRPC, lifecycle. */
 export {
   AspenError, AlreadyExistsError, ConflictError, FailedPreconditionError, InvalidArgumentError, NotFoundError,
-  ResourceExhaustedError, UnavailableError, fromServiceError, isServiceError, toServiceError,
+  ResourceExhaustedError, UnavailableError, UnimplementedError, fromServiceError, isRetryable, isServiceError, toServiceError,
 } from "./errors.js";
 export { ConfigError, env, loadConfig } from "./config.js";
 export { createLogger, type Logger } from "./logger.js";

@@ -95,6 +95,26 @@ export class Bucket<T> {
     throw new ConflictError(`${this.name}/${key}: gave up after ${maxTries} conflicting updates`);
   }
 
+  /**
+   * Writes `value` whatever is there, still by create-if-absent or CAS, for
+   * records with a single writer (a worker's registry entry).
+   */
+  async upsert(key: string, value: T, maxTries = 10): Promise<number> {
+    for (let tries = 0; tries < maxTries; tries++) {
+      const entry = await this.kv.get(key);
+      try {
+        if (!entry || entry.operation !== "PUT") {
+          // A deleted key has a tombstone: CAS on its revision; an absent one is created.
+          return entry ? await this.update(key, value, entry.revision) : await this.create(key, value);
+        }
+        return await this.update(key, value, entry.revision);
+      } catch (err) {
+        if (!(err instanceof ConflictError) && !(err instanceof AlreadyExistsError)) throw err;
+      }
+    }
+    throw new ConflictError(`${this.name}/${key}: gave up after ${maxTries} conflicting writes`);
+  }
+
   /** Deletes the key; with `revision`, only if it has not moved on. */
   async delete(key: string, revision?: number): Promise<void> {
     try {

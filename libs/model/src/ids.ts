@@ -1,0 +1,23 @@
+/** Identifier rules shared by every service and the CLI. */
+import { randomBytes } from "node:crypto";
+
+/** Schedule ids: lowercase, digits and dashes; they prefix fired job ids. */
+export const SCHEDULE_ID = /^[a-z0-9][a-z0-9-]{0,62}$/;
+/** Job ids: NATS KV key tokens ([A-Za-z0-9_=-]) joined by single dots. */
+export const JOB_ID = /^[A-Za-z0-9_=-]+(\.[A-Za-z0-9_=-]+)*$/;
+export const JOB_ID_MAX = 128;
+/** Worker ids: what hostnames and container names use. */
+export const WORKER_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+/**
+ * The id of the job a schedule fires at a nominal instant. Deterministic, so
+ * that any number of submissions of the same fire make one job.
+ */
+export function fireJobId(scheduleId: string, nominalMs: number): string {
+  return `${scheduleId}.${nominalMs}`;
+}
+
+/** A fresh random id with a readable prefix, e.g. "j-lq3x9k-4f2a9c1b". Time-ordered first part. */
+export function newId(prefix: string): string {
+  return `${prefix}-${Date.now().toString(36)}-${randomBytes(4).toString("hex")}`;
+}

@@ -1,0 +1,216 @@
+/**
+ * The agent's session with the coordinator: it connects out, registers,
+ * heartbeats, runs the attempts it is assigned and reports them. When the
+ * stream breaks it reconnects with backoff and re-registers, listing what it
+ * still runs or holds a result for; reports that could not be sent wait in an
+ * outbox and go first on the next session.
+ */
+import { hostname, loadavg } from "node:os";
+import type { ClientDuplexStream } from "@grpc/grpc-js";
+import {
+  CoordinatorServiceClient, type AgentMessage, type Assignment, type AttemptEvent, type CoordinatorMessage,
+} from "@aspen/proto";
+import {
+  Attr, contextFromTraceparent, createClient, durationToMs, Spans, withSpan, type Logger,
+} from "@aspen/runtime";
+import { execute, type Execution, type ExecutorOptions } from "./executor.js";
+
+export interface AgentOptions {
+  coordinatorAddr: string;
+  workerId: string;
+  labels: Record<string, string>;
+  capabilities: string[];
+  slots: number;
+  version: string;
+  executor: ExecutorOptions;
+  log: Logger;
+  /** Longest wait between reconnection attempts, ms. */
+  maxBackoffMs: number;
+}
+
+type Stream = ClientDuplexStream<AgentMessage, CoordinatorMessage>;
+type AgentState = "starting" | "running" | "draining" | "stopped";
+
+const key = (jobId: string, attempt: number) => `${jobId}#${attempt}`;
+
+export class Agent {
+  private readonly client: CoordinatorServiceClient;
+  private readonly active = new Map<string, Execution>();
+  private readonly outbox: AttemptEvent[] = [];
+  private stream: Stream | undefined;
+  private registered = false;
+  private heartbeatTimer: NodeJS.Timeout | undefined;
+  private state: AgentState = "starting";
+  private loop: Promise<void> = Promise.resolve();
+  private wake: (() => void) | undefined;
+  private closing: Promise<void> | undefined;
+  private idleWaiters: Array<() => void> = [];
+
+  constructor(private readonly options: AgentOptions) {
+    this.client = createClient(CoordinatorServiceClient, options.coordinatorAddr);
+  }
+
+  get connected(): boolean {
+    return this.registered;
+  }
+
+  start(): void {
+    if (this.state !== "starting") return;
+    this.state = "running";
+    this.loop = this.sessionLoop();
+  }
+
+  private async sessionLoop(): Promise<void> {
+    let backoffMs = 100;
+    while (this.state === "running" || (this.state === "draining" && this.active.size > 0)) {
+      const wasRegistered = await this.session();
+      if ((this.state as AgentState) === "stopped") return;
+      backoffMs = wasRegistered ? 100 : Math.min(backoffMs * 2, this.options.maxBackoffMs);
+      this.options.log.info({ backoffMs }, "coordinator stream closed; reconnecting");
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, backoffMs);
+        this.wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+    }
+  }
+
+  /** One Connect stream, from register to its end. Resolves true if it got registered. */
+  private session(): Promise<boolean> {
+    return new Promise((resolve) => {
+      let didRegister = false;
+      const stream = this.client.connect();
+      this.stream = stream;
+      const finish = () => {
+        if (this.stream !== stream) return;
+        this.stream = undefined;
+        this.registered = false;
+        clearInterval(this.heartbeatTimer);
+        resolve(didRegister);
+      };
+      stream.on("data", (message: CoordinatorMessage) => {
+        const msg = message.msg;
+        if (msg?.$case === "registered") {
+          didRegister = true;
+          this.registered = true;
+          this.options.log.info({ coordinator: this.options.coordinatorAddr }, "registered with coordinator");
+          const intervalMs = durationToMs(msg.value.heartbeatInterval) || 1_000;
+          this.heartbeatTimer = setInterval(() => this.heartbeat(), intervalMs);
+          this.heartbeatTimer.unref();
+          for (const event of this.outbox.splice(0)) this.send(event);
+        } else if (msg?.$case === "assignment") {
+          this.run(msg.value);
+        } else if (msg?.$case === "cancel") {
+          this.active.get(key(msg.value.jobId, msg.value.attempt))?.cancel(msg.value.reason);
+        }
+      });
+      stream.on("error", (err: Error) => {
+        this.options.log.warn({ err: err.message }, "coordinator stream error");
+        finish();
+      });
+      stream.on("end", finish);
+      stream.on("close", finish);
+      const pendingResults = this.outbox.map((e) => key(e.jobId, e.attempt));
+      stream.write({
+        msg: {
+          $case: "register",
+          value: {
+            workerId: this.options.workerId,
+            hostname: hostname(),
+            labels: this.options.labels,
+            capabilities: this.options.capabilities,
+            slots: this.options.slots,
+            version: this.options.version,
+            running: [...this.active.keys(), ...pendingResults],
+          },
+        },
+      });
+    });
+  }
+
+  private heartbeat(): void {
+    this.stream?.write({ msg: { $case: "heartbeat", value: { running: [...this.active.keys()], load: loadavg()[0] ?? 0 } } });
+  }
+
+  /** Sends an event now, or keeps it for the next session. */
+  private send(event: AttemptEvent): void {
+    if (this.stream && this.registered) this.stream.write({ msg: { $case: "event", value: event } });
+    else this.outbox.push(event);
+  }
+
+  private run(assignment: Assignment): void {
+    const { jobId, attempt } = assignment;
+    const k = key(jobId, attempt);
+    const base = { jobId, attempt, workerId: this.options.workerId };
+    const refuse = (error: string) =>
+      this.send({ ...base, event: { $case: "finished", value: { result: { exitCode: -1, signal: "", timedOut: false, cancelled: false, error, peakRssBytes: 0, pid: 0 } } } });
+    if (this.active.has(k)) return; // duplicate delivery: already running
+    if (this.state !== "running") return refuse("agent is shutting down");
+    if (this.active.size >= this.options.slots) return refuse(`agent ${this.options.workerId} has no free slot`);
+    if (!assignment.spec) return refuse("assignment without a job spec");
+    const spec = assignment.spec;
+    void withSpan(
+      Spans.execute,
+      {
+        parent: contextFromTraceparent(assignment.traceparent),
+        attributes: { [Attr.jobId]: jobId, [Attr.attempt]: attempt, [Attr.workerId]: this.options.workerId, [Attr.command]: spec.exec?.command ?? "" },
+      },
+      async (span) => {
+        let execution: Execution;
+        try {
+          execution = execute(spec, this.options.executor);
+        } catch (err) {
+          refuse((err as Error).message);
+          return;
+        }
+        this.active.set(k, execution);
+        execution.started.then(
+          ({ pid, startedAt }) => this.send({ ...base, event: { $case: "started", value: { startedAt, pid } } }),
+          () => undefined,
+        );
+        const result = await execution.result;
+        this.active.delete(k);
+        span.setAttributes({
+          [Attr.exitCode]: result.exitCode,
+          [Attr.outputBytes]: (result.stdout?.totalBytes ?? 0) + (result.stderr?.totalBytes ?? 0),
+        });
+        this.send({ ...base, event: { $case: "finished", value: { result } } });
+        this.options.log.debug({ job: jobId, attempt, exitCode: result.exitCode }, "attempt finished");
+        if (this.active.size === 0) this.idleWaiters.splice(0).forEach((w) => w());
+      },
+    );
+  }
+
+  /**
+   * Stops taking work, lets running attempts finish for `drainTimeoutMs`,
+   * then kills the rest (their results are still reported), and disconnects.
+   */
+  close(drainTimeoutMs = 30_000): Promise<void> {
+    this.closing ??= (async () => {
+      this.state = "draining";
+      if (this.active.size > 0) {
+        this.options.log.info({ running: this.active.size, drainTimeoutMs }, "draining running attempts");
+        const idle = new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+        const timer = setTimeout(() => {
+          for (const execution of this.active.values()) execution.cancel("agent shutting down");
+        }, drainTimeoutMs);
+        await idle;
+        clearTimeout(timer);
+      }
+      // Give the last reports a moment to reach the coordinator before the stream ends.
+      if (this.outbox.length > 0 && this.stream) await new Promise((r) => setTimeout(r, 200));
+      this.state = "stopped";
+      clearInterval(this.heartbeatTimer);
+      const stream = this.stream;
+      stream?.end();
+      this.wake?.();
+      const ended = await Promise.race([this.loop.then(() => true), new Promise((r) => setTimeout(() => r(false), 2_000))]);
+      if (!ended) stream?.cancel();
+      await this.loop;
+      this.client.close();
+    })();
+    return this.closing;
+  }
+}

@@ -1,0 +1,24 @@
+/** Coordinator configuration: environment variables, their defaults and units. */
+import { z } from "zod";
+import { env, loadConfig } from "@aspen/runtime";
+
+export const CoordinatorConfigSchema = z.object({
+  ASPEN_GRPC_HOST: env.string("0.0.0.0"),
+  ASPEN_GRPC_PORT: env.port(50053),
+  ASPEN_NATS_SERVERS: env.list("nats://127.0.0.1:4222"),
+  ASPEN_BUCKET_REPLICAS: env.int(1, 1, 5),
+  /** Where the job-manager serves gRPC (attempt events go there). */
+  ASPEN_JOB_MANAGER_ADDR: env.string("127.0.0.1:50052"),
+  /** How often agents heartbeat. */
+  ASPEN_HEARTBEAT_INTERVAL: env.durationMs("1s"),
+  /** Silent this long: unhealthy, no new work. */
+  ASPEN_UNHEALTHY_AFTER: env.durationMs("3s"),
+  /** Silent or disconnected this long: dead, its attempts reported lost. */
+  ASPEN_DEAD_AFTER: env.durationMs("10s"),
+  /** Most registered workers (RESOURCE_EXHAUSTED past it). */
+  ASPEN_MAX_WORKERS: env.int(1024, 1, 100_000),
+  ASPEN_LOG_LEVEL: env.logLevel(),
+});
+
+export const loadCoordinatorConfig = (source?: Record<string, string | undefined>) =>
+  loadConfig(CoordinatorConfigSchema, source);

@@ -1,0 +1,54 @@
+/**
+ * Delivers attempt events to the job-manager in the order agents sent them:
+ * one ReportAttempts call in flight, carrying everything that queued up
+ * meanwhile (batching grows with load). A failed call is retried with
+ * backoff; events are never dropped while the process lives.
+ */
+import type { AttemptEvent } from "@aspen/proto";
+import type { Logger } from "@aspen/runtime";
+
+const MAX_BATCH = 1000;
+const MAX_BACKOFF_MS = 5_000;
+
+export class EventRelay {
+  private pending: AttemptEvent[] = [];
+  private sending: Promise<void> | undefined;
+  private closed = false;
+
+  constructor(
+    private readonly report: (events: AttemptEvent[]) => Promise<string[]>,
+    private readonly log: Logger,
+  ) {}
+
+  push(event: AttemptEvent): void {
+    this.pending.push(event);
+    this.sending ??= this.drain().finally(() => (this.sending = undefined));
+  }
+
+  private async drain(): Promise<void> {
+    let backoffMs = 100;
+    while (this.pending.length > 0) {
+      const batch = this.pending.slice(0, MAX_BATCH);
+      try {
+        const refusals = await this.report(batch);
+        this.pending.splice(0, batch.length);
+        backoffMs = 100;
+        refusals.forEach((reason, i) => {
+          if (reason) this.log.warn({ event: batch[i], reason }, "job-manager refused attempt event");
+        });
+      } catch (err) {
+        if (this.closed) return;
+        this.log.warn({ err: (err as Error).message, pending: this.pending.length, backoffMs }, "reporting to job-manager failed; retrying");
+        await new Promise((r) => setTimeout(r, backoffMs));
+        backoffMs = Math.min(backoffMs * 2, MAX_BACKOFF_MS);
+      }
+    }
+  }
+
+  /** Waits (up to 5 s) for queued events to be delivered. */
+  async close(): Promise<void> {
+    const deadline = new Promise((r) => setTimeout(r, 5_000).unref());
+    await Promise.race([this.sending, deadline]);
+    this.closed = true;
+  }
+}

@@ -1,0 +1,50 @@
+/** Coordinator process: wires config, logging, telemetry, NATS and the gRPC server. */
+import { JobServiceClient, Worker } from "@aspen/proto";
+import { createClient, createLogger, GrpcServer, runMain, startTelemetry, unaryCall } from "@aspen/runtime";
+import { Store } from "@aspen/store";
+import { loadCoordinatorConfig } from "./config.js";
+import { Coordinator } from "./coordinator.js";
+import { coordinatorService } from "./coordinator-service.js";
+
+const log = createLogger("coordinator");
+
+await runMain(log, async () => {
+  const config = loadCoordinatorConfig();
+  log.level = config.ASPEN_LOG_LEVEL;
+  const telemetry = startTelemetry("aspen-coordinator");
+  const store = await Store.connect({
+    servers: config.ASPEN_NATS_SERVERS,
+    name: "aspen-coordinator",
+    replicas: config.ASPEN_BUCKET_REPLICAS,
+    log,
+  });
+  const jobManager = createClient(JobServiceClient, config.ASPEN_JOB_MANAGER_ADDR);
+  const coordinator = new Coordinator({
+    workers: await store.bucket("aspen_workers", Worker),
+    report: async (events) => (await unaryCall(jobManager.reportAttempts.bind(jobManager), { events })).refusals,
+    log,
+    heartbeatIntervalMs: config.ASPEN_HEARTBEAT_INTERVAL,
+    unhealthyAfterMs: config.ASPEN_UNHEALTHY_AFTER,
+    deadAfterMs: config.ASPEN_DEAD_AFTER,
+    maxWorkers: config.ASPEN_MAX_WORKERS,
+  });
+  await coordinator.start();
+  const server = new GrpcServer({
+    host: config.ASPEN_GRPC_HOST,
+    port: config.ASPEN_GRPC_PORT,
+    log,
+    services: [coordinatorService(coordinator)],
+  });
+  const port = await server.start();
+  log.info({ port }, "coordinator ready");
+  return {
+    async close() {
+      // Agents' streams are long-lived: end them, then stop the server.
+      await coordinator.close();
+      await server.close(2_000);
+      jobManager.close();
+      await store.close();
+      await telemetry.shutdown();
+    },
+  };
+});

@@ -1,0 +1,25 @@
+/** Job-manager configuration: environment variables, their defaults and units. */
+import { z } from "zod";
+import { env, loadConfig } from "@aspen/runtime";
+
+export const JobManagerConfigSchema = z.object({
+  /** Address the gRPC server binds. */
+  ASPEN_GRPC_HOST: env.string("0.0.0.0"),
+  ASPEN_GRPC_PORT: env.port(50052),
+  /** NATS servers, comma-separated. */
+  ASPEN_NATS_SERVERS: env.list("nats://127.0.0.1:4222"),
+  /** Replicas of the buckets this service creates (3 in a 3-node NATS cluster). */
+  ASPEN_BUCKET_REPLICAS: env.int(1, 1, 5),
+  /** Where the coordinator serves gRPC. */
+  ASPEN_COORDINATOR_ADDR: env.string("127.0.0.1:50053"),
+  /** Placements in flight at once. */
+  ASPEN_DISPATCH_CONCURRENCY: env.int(64, 1, 4096),
+  /** Wait before retrying a job that could not be placed. */
+  ASPEN_DISPATCH_RETRY: env.durationMs("1s"),
+  ASPEN_LOG_LEVEL: env.logLevel(),
+});
+
+export type JobManagerConfig = z.infer<typeof JobManagerConfigSchema>;
+
+export const loadJobManagerConfig = (source?: Record<string, string | undefined>) =>
+  loadConfig(JobManagerConfigSchema, source);

@@ -1,0 +1,36 @@
+/** aspen.v1.JobService over the JobManager: request checks and streaming live here, decisions in JobManager. */
+import { JobServiceService, type Job, type JobServiceServer } from "@aspen/proto";
+import { bindService, InvalidArgumentError, type ServiceBinding } from "@aspen/runtime";
+import { isTerminal } from "@aspen/model";
+import type { JobManager } from "./job-manager.js";
+
+export function jobService(jobs: JobManager): ServiceBinding<JobServiceServer> {
+  return bindService<JobServiceServer>("aspen.v1.JobService", JobServiceService, {
+    submitJob: (req) => jobs.submit(req),
+    getJob: (req) => jobs.get(req.jobId),
+    listJobs: async (req) => jobs.list(req),
+    cancelJob: (req) => jobs.cancel(req.jobId, req.reason),
+    reportAttempts: async (req) => ({ refusals: await jobs.report(req.events) }),
+    watchJob: async (req, call) => {
+      if (!req.jobId) throw new InvalidArgumentError("job_id", "required");
+      // Subscribe before reading so no change between the read and the subscription is missed.
+      let done: () => void = () => {};
+      const finished = new Promise<void>((resolve) => (done = resolve));
+      let lastSent: Job | undefined;
+      const send = (job: Job) => {
+        if (lastSent && job.history.length <= lastSent.history.length && job.state === lastSent.state) return;
+        lastSent = job;
+        call.write(job);
+        if (isTerminal(job.state)) done();
+      };
+      const unsubscribe = jobs.subscribe(req.jobId, send);
+      call.on("cancelled", done);
+      try {
+        send(await jobs.get(req.jobId));
+        await finished;
+      } finally {
+        unsubscribe();
+      }
+    },
+  });
+}

@@ -1,0 +1,17 @@
+/** Scheduler configuration: environment variables, their defaults and units. */
+import { z } from "zod";
+import { env, loadConfig } from "@aspen/runtime";
+
+export const SchedulerConfigSchema = z.object({
+  ASPEN_GRPC_HOST: env.string("0.0.0.0"),
+  ASPEN_GRPC_PORT: env.port(50051),
+  ASPEN_NATS_SERVERS: env.list("nats://127.0.0.1:4222"),
+  ASPEN_BUCKET_REPLICAS: env.int(1, 1, 5),
+  /** Where the job-manager serves gRPC (fires are submitted there). */
+  ASPEN_JOB_MANAGER_ADDR: env.string("127.0.0.1:50052"),
+  /** Most schedules stored (RESOURCE_EXHAUSTED past it). */
+  ASPEN_MAX_SCHEDULES: env.int(100_000, 1, 10_000_000),
+  ASPEN_LOG_LEVEL: env.logLevel(),
+});
+
+export const loadSchedulerConfig = (source?: Record<string, string | undefined>) => loadConfig(SchedulerConfigSchema, source);
