@@ -219,3 +219,113 @@ export async function waitHealthy(address: string, timeoutMs = 15_000, process?:
     client.close();
   }
 }
+
+export interface ClusterOptions {
+  /** Agents to start; each gets `slots` slots. Default 1. */
+  agents?: number;
+  slots?: number;
+  /** Extra environment for every service (e.g. OTEL_* settings). */
+  env?: Record<string, string>;
+  /** Per-agent extra environment (labels, capabilities), by index. */
+  agentEnv?: (index: number) => Record<string, string>;
+}
+
+export interface Cluster extends AsyncDisposable {
+  nats: NatsServer;
+  scheduler: ServiceProcess;
+  jobManager: ServiceProcess;
+  coordinator: ServiceProcess;
+  agents: ServiceProcess[];
+  addr: { scheduler: string; jobManager: string; coordinator: string };
+  /** Environment each service was started with (to restart one the same way). */
+  envFor(name: "scheduler" | "job-manager" | "coordinator"): Record<string, string>;
+  /** Starts (again) the named control service with its original environment and waits until it serves. */
+  restart(name: "scheduler" | "job-manager" | "coordinator"): Promise<ServiceProcess>;
+}
+
+/**
+ * NATS plus the three control services and `agents` agents, each a separate
+ * process on free loopback ports, healthy and registered before it resolves.
+ */
+export async function startCluster(options: ClusterOptions = {}): Promise<Cluster> {
+  const nats = await startNats();
+  const started: ServiceProcess[] = [];
+  try {
+    const [sp, jp, cp] = [await freePort(), await freePort(), await freePort()];
+    const addr = { scheduler: `127.0.0.1:${sp}`, jobManager: `127.0.0.1:${jp}`, coordinator: `127.0.0.1:${cp}` };
+    const common: Record<string, string> = {
+      ASPEN_NATS_SERVERS: nats.url,
+      ASPEN_GRPC_HOST: "127.0.0.1",
+      ASPEN_JOB_MANAGER_ADDR: addr.jobManager,
+      ASPEN_COORDINATOR_ADDR: addr.coordinator,
+      ASPEN_LOG_LEVEL: "info",
+      OTEL_SDK_DISABLED: "true",
+      ...options.env,
+    };
+    const envs = {
+      scheduler: { ...common, ASPEN_GRPC_PORT: String(sp) },
+      "job-manager": { ...common, ASPEN_GRPC_PORT: String(jp) },
+      coordinator: { ...common, ASPEN_GRPC_PORT: String(cp) },
+    };
+    const addrOf = { scheduler: addr.scheduler, "job-manager": addr.jobManager, coordinator: addr.coordinator };
+    const launch = async (name: "scheduler" | "job-manager" | "coordinator") => {
+      const proc = startService(name, envs[name]);
+      started.push(proc);
+      await waitHealthy(addrOf[name], 20_000, proc);
+      return proc;
+    };
+    const [jobManager, coordinator, scheduler] = await Promise.all([launch("job-manager"), launch("coordinator"), launch("scheduler")]);
+    const agents: ServiceProcess[] = [];
+    for (let i = 0; i < (options.agents ?? 1); i++) {
+      const healthPort = await freePort();
+      const agent = startService(
+        "agent",
+        {
+          ...common,
+          ASPEN_WORKER_ID: `agent-${i + 1}`,
+          ASPEN_SLOTS: String(options.slots ?? 4),
+          ASPEN_HEALTH_HOST: "127.0.0.1",
+          ASPEN_HEALTH_PORT: String(healthPort),
+          ...options.agentEnv?.(i),
+        },
+        `agent-${i + 1}`,
+      );
+      started.push(agent);
+      agents.push(agent);
+      await waitHealthy(`127.0.0.1:${healthPort}`, 20_000, agent);
+    }
+    // Registered once the coordinator has logged each agent.
+    await waitFor(
+      "agents to register",
+      () => coordinator.logs.filter((l) => l.msg === "agent registered").length >= agents.length,
+      20_000,
+    );
+    const cluster: Cluster = {
+      nats,
+      scheduler,
+      jobManager,
+      coordinator,
+      agents,
+      addr,
+      envFor: (name) => envs[name],
+      async restart(name) {
+        const proc = await launch(name);
+        if (name === "scheduler") cluster.scheduler = proc;
+        if (name === "job-manager") cluster.jobManager = proc;
+        if (name === "coordinator") cluster.coordinator = proc;
+        return proc;
+      },
+      async [Symbol.asyncDispose]() {
+        // Agents first (they drain), then the control plane, then NATS.
+        await Promise.all(agents.map((a) => a.stop().catch(() => undefined)));
+        await Promise.all(started.filter((p) => !agents.includes(p)).map((p) => p.stop().catch(() => undefined)));
+        await nats[Symbol.asyncDispose]();
+      },
+    };
+    return cluster;
+  } catch (err) {
+    await Promise.all(started.map((p) => p.kill("SIGKILL").catch(() => undefined)));
+    await nats[Symbol.asyncDispose]();
+    throw err;
+  }
+}
