@@ -329,3 +329,86 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
     throw err;
   }
 }
+
+export interface ReceivedSpan {
+  service: string;
+  traceId: string;
+  spanId: string;
+  parentSpanId: string;
+  name: string;
+  attributes: Record<string, unknown>;
+}
+
+export interface OtlpReceiver extends AsyncDisposable {
+  /** Base URL for OTEL_EXPORTER_OTLP_ENDPOINT. */
+  endpoint: string;
+  spans: ReceivedSpan[];
+  /** Environment that makes a service export to this receiver promptly. */
+  env: Record<string, string>;
+}
+
+interface OtlpJsonValue {
+  stringValue?: string;
+  intValue?: string | number;
+  doubleValue?: number;
+  boolValue?: boolean;
+}
+
+/** An OTLP/HTTP JSON trace receiver on a free loopback port (stands in for Jaeger's collector). */
+export async function startOtlpReceiver(): Promise<OtlpReceiver> {
+  const { createServer: createHttpServer } = await import("node:http");
+  const spans: ReceivedSpan[] = [];
+  const server = createHttpServer((req, res) => {
+    let body = "";
+    req.on("data", (d: Buffer) => (body += d.toString()));
+    req.on("end", () => {
+      try {
+        const payload = JSON.parse(body) as {
+          resourceSpans?: Array<{
+            resource?: { attributes?: Array<{ key: string; value: OtlpJsonValue }> };
+            scopeSpans?: Array<{
+              spans?: Array<{ traceId: string; spanId: string; parentSpanId?: string; name: string; attributes?: Array<{ key: string; value: OtlpJsonValue }> }>;
+            }>;
+          }>;
+        };
+        for (const rs of payload.resourceSpans ?? []) {
+          const service = rs.resource?.attributes?.find((a) => a.key === "service.name")?.value.stringValue ?? "";
+          for (const ss of rs.scopeSpans ?? []) {
+            for (const s of ss.spans ?? []) {
+              const attributes: Record<string, unknown> = {};
+              for (const a of s.attributes ?? []) {
+                attributes[a.key] = a.value.stringValue ?? a.value.intValue ?? a.value.doubleValue ?? a.value.boolValue;
+              }
+              spans.push({ service, traceId: s.traceId, spanId: s.spanId, parentSpanId: s.parentSpanId ?? "", name: s.name, attributes });
+            }
+          }
+        }
+      } catch {
+        // Not JSON: ignored (the receiver only understands OTLP/JSON).
+      }
+      res.writeHead(200, { "content-type": "application/json" });
+      res.end("{}");
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const address = server.address();
+  const port = typeof address === "object" && address ? address.port : 0;
+  const endpoint = `http://127.0.0.1:${port}`;
+  return {
+    endpoint,
+    spans,
+    env: {
+      OTEL_SDK_DISABLED: "false",
+      OTEL_TRACES_EXPORTER: "otlp",
+      OTEL_EXPORTER_OTLP_ENDPOINT: endpoint,
+      OTEL_EXPORTER_OTLP_PROTOCOL: "http/json",
+      OTEL_BSP_SCHEDULE_DELAY: "100",
+      OTEL_METRICS_EXPORTER: "none",
+      OTEL_LOGS_EXPORTER: "none",
+    },
+    async [Symbol.asyncDispose]() {
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
