@@ -1,0 +1,226 @@
+/** `aspen job …`: submit, inspect, list, cancel and watch jobs (JobService on the job-manager). */
+import { InvalidArgumentError, Option, type Command } from "commander";
+import { status } from "@grpc/grpc-js";
+import {
+  Job, JobSpec, JobState, ListJobsRequest, Priority, SubmitJobRequest, SubmitJobResponse, type JobServiceClient,
+  type JobTransition, type Output,
+} from "@aspen/proto";
+import { AspenError, fromServiceError, isServiceError, msToDuration, unaryCall } from "@aspen/runtime";
+import { isTerminal, parseState, stateName } from "@aspen/model";
+import type { Clients } from "./clients.js";
+import {
+  collect, collectKeyValue, exitSummary, fields, formatDuration, formatInstant, formatMap, jobDurationMs, json, parseCount,
+  parseDuration, shellJoin, table,
+} from "./format.js";
+
+const PRIORITIES: Record<string, Priority> = {
+  low: Priority.PRIORITY_LOW,
+  normal: Priority.PRIORITY_NORMAL,
+  high: Priority.PRIORITY_HIGH,
+  critical: Priority.PRIORITY_CRITICAL,
+};
+
+/** Options that shape a JobSpec; shared by `job submit` and `schedule add`. */
+export interface JobSpecOptions {
+  timeout?: number;
+  priority?: string;
+  tag?: Record<string, string>;
+  label?: Record<string, string>;
+  capability?: string[];
+}
+
+export function addJobSpecOptions(command: Command): Command {
+  return command
+    .option("--timeout <duration>", "wall-clock limit per attempt (e.g. 30s, 5m)", parseDuration)
+    .addOption(new Option("--priority <level>", "dispatch priority").choices(Object.keys(PRIORITIES)))
+    .option("--tag <key=value>", "tag (repeatable)", collectKeyValue)
+    .option("--label <key=value>", "run only on workers with this label (repeatable)", collectKeyValue)
+    .option("--capability <name>", "run only on workers advertising this capability (repeatable)", collect);
+}
+
+/** The JobSpec that runs `argv` (program, then its arguments verbatim; no shell). */
+export function jobSpecFrom(argv: string[], opts: JobSpecOptions): JobSpec {
+  const [command = "", ...args] = argv;
+  const selector = { matchLabels: opts.label ?? {}, capabilities: opts.capability ?? [] };
+  const constrained = Object.keys(selector.matchLabels).length > 0 || selector.capabilities.length > 0;
+  return JobSpec.fromPartial({
+    exec: { command, args },
+    timeout: opts.timeout === undefined ? undefined : msToDuration(opts.timeout),
+    priority: (opts.priority && PRIORITIES[opts.priority]) || Priority.PRIORITY_UNSPECIFIED,
+    tags: opts.tag ?? {},
+    placement: constrained ? { selector } : undefined,
+  });
+}
+
+/**
+ * Streams WatchJob: calls `onJob` with the job as it is now, then with each
+ * change, and resolves with the terminal job. Rejects with an AspenError when
+ * the stream fails or ends before the job finished.
+ */
+async function follow(client: JobServiceClient, jobId: string, onJob: (job: Job) => void): Promise<Job> {
+  let last: Job | undefined;
+  try {
+    for await (const job of client.watchJob({ jobId }) as AsyncIterable<Job>) {
+      last = job;
+      onJob(job);
+    }
+  } catch (err) {
+    throw isServiceError(err) ? fromServiceError(err) : err;
+  }
+  if (!last || !isTerminal(last.state)) throw new AspenError(status.UNAVAILABLE, `watch of job ${jobId} ended before it finished`);
+  return last;
+}
+
+/** A captured stream under a "--- stdout ---" heading, noting when the text is not all of it. */
+function outputSection(name: string, output: Output | undefined): string {
+  if (!output) return "";
+  const note = output.truncated
+    ? ` (truncated; ${output.totalBytes} bytes in all${output.objectName ? `, stored as ${output.objectName}` : ""})`
+    : "";
+  const text = output.text === "" || output.text.endsWith("\n") ? output.text : `${output.text}\n`;
+  return `--- ${name}${note} ---\n${text}`;
+}
+
+function describeJob(job: Job, nowMs: number): string {
+  const duration = jobDurationMs(job, nowMs);
+  const error = job.result?.error;
+  const block = fields([
+    ["id", job.id],
+    ["state", stateName(job.state)],
+    ["reason", job.reason || "-"],
+    ["command", shellJoin([job.spec?.exec?.command ?? "", ...(job.spec?.exec?.args ?? [])])],
+    ["attempt", String(job.attempt)],
+    ["worker", job.workerId || "-"],
+    ["schedule", job.scheduleId || "-"],
+    ["exit code", exitSummary(job)],
+    ...(error ? [["error", error] as [string, string]] : []),
+    ["tags", formatMap(job.spec?.tags ?? {})],
+    ["scheduled", formatInstant(job.scheduledAt)],
+    ["submitted", formatInstant(job.submittedAt)],
+    ["started", formatInstant(job.startedAt)],
+    ["finished", formatInstant(job.finishedAt)],
+    ["duration", duration === undefined ? "-" : formatDuration(duration)],
+    ["trace id", job.traceId || "-"],
+  ]);
+  return `${block}\n${outputSection("stdout", job.result?.stdout)}${outputSection("stderr", job.result?.stderr)}`.trimEnd();
+}
+
+/** "<at>  RUNNING    running on w1  [agent:w1, attempt 1]". */
+function describeTransition(t: JobTransition): string {
+  return `${formatInstant(t.at)}  ${stateName(t.to).padEnd(9)}  ${t.reason || "-"}  [${t.actor}, attempt ${t.attempt}]`;
+}
+
+function collectState(text: string, previous: JobState[] = []): JobState[] {
+  const state = parseState(text);
+  if (state === undefined) throw new InvalidArgumentError("expected a job state such as queued, running or succeeded");
+  return [...previous, state];
+}
+
+export function registerJobCommands(program: Command, clients: Clients): void {
+  const job = program.command("job").description("submit and inspect jobs");
+
+  addJobSpecOptions(
+    job
+      .command("submit")
+      .description("run a command once on a worker")
+      .argument("<command...>", "program and its arguments (put them after --)")
+      .option("--id <id>", "job id; submitting an existing id returns that job (default: generated)"),
+  )
+    .option("--wait", "wait until the job finishes; exit status 0 only if it SUCCEEDED")
+    .option("--json", "print the SubmitJobResponse (with --wait: the finished Job) as JSON")
+    .action(async (argv: string[], opts: JobSpecOptions & { id?: string; wait?: boolean; json?: boolean }) => {
+      const c = clients.jobs;
+      const request = SubmitJobRequest.fromPartial({ jobId: opts.id ?? "", spec: jobSpecFrom(argv, opts) });
+      const res = await unaryCall(c.submitJob.bind(c), request);
+      const id = res.job?.id ?? "";
+      if (opts.json && !opts.wait) return console.log(json(SubmitJobResponse.toJSON(res)));
+      if (!opts.json) console.log(`${id}${res.created ? "" : " (already existed)"}`);
+      if (!opts.wait) return;
+      const done = await follow(c, id, () => {});
+      if (done.state !== JobState.JOB_STATE_SUCCEEDED) process.exitCode = 1;
+      if (opts.json) return console.log(json(Job.toJSON(done)));
+      const duration = jobDurationMs(done, Date.now());
+      const took = duration === undefined ? "" : ` after ${formatDuration(duration)}`;
+      console.log(`${stateName(done.state)}: ${done.reason || "-"} (exit code ${exitSummary(done)}${took})`);
+      process.stdout.write(done.result?.stdout?.text ?? "");
+      process.stderr.write(done.result?.stderr?.text ?? "");
+    });
+
+  job
+    .command("get")
+    .description("show a job, its result and its output")
+    .argument("<id>")
+    .option("--json", "print the Job as JSON")
+    .action(async (id: string, opts: { json?: boolean }) => {
+      const c = clients.jobs;
+      const found = await unaryCall(c.getJob.bind(c), { jobId: id });
+      console.log(opts.json ? json(Job.toJSON(found)) : describeJob(found, Date.now()));
+    });
+
+  job
+    .command("list")
+    .description("list jobs, newest first")
+    .option("--state <state>", "only jobs in this state (repeatable)", collectState)
+    .option("--schedule <id>", "only jobs fired by this schedule")
+    .option("--worker <id>", "only jobs whose last attempt ran on this worker")
+    .option("--limit <n>", "at most this many jobs", parseCount, 50)
+    .option("--json", "print the Jobs as a JSON array")
+    .action(async (opts: { state?: JobState[]; schedule?: string; worker?: string; limit: number; json?: boolean }) => {
+      const c = clients.jobs;
+      const jobs: Job[] = [];
+      let pageToken = "";
+      do {
+        const request = ListJobsRequest.fromPartial({
+          states: opts.state ?? [],
+          scheduleId: opts.schedule ?? "",
+          workerId: opts.worker ?? "",
+          pageSize: Math.min(opts.limit - jobs.length, 1000),
+          pageToken,
+        });
+        const page = await unaryCall(c.listJobs.bind(c), request);
+        jobs.push(...page.jobs.slice(0, opts.limit - jobs.length));
+        pageToken = page.nextPageToken;
+      } while (pageToken && jobs.length < opts.limit);
+      if (opts.json) return console.log(json(jobs.map((j) => Job.toJSON(j))));
+      const now = Date.now();
+      const rows = jobs.map((j) => {
+        const duration = jobDurationMs(j, now);
+        return [
+          j.id, stateName(j.state), exitSummary(j), j.workerId || "-", formatInstant(j.submittedAt),
+          duration === undefined ? "-" : formatDuration(duration),
+        ];
+      });
+      console.log(table(["ID", "STATE", "EXIT", "WORKER", "SUBMITTED", "DURATION"], rows));
+    });
+
+  job
+    .command("cancel")
+    .description("cancel a job: a queued one at once, a running one is signalled on its worker")
+    .argument("<id>")
+    .option("--reason <text>", "why, recorded in the job's history")
+    .option("--json", "print the Job as JSON")
+    .action(async (id: string, opts: { reason?: string; json?: boolean }) => {
+      const c = clients.jobs;
+      const cancelled = await unaryCall(c.cancelJob.bind(c), { jobId: id, reason: opts.reason ?? "" });
+      if (opts.json) return console.log(json(Job.toJSON(cancelled)));
+      console.log(
+        cancelled.state === JobState.JOB_STATE_CANCELLED
+          ? `${id}: CANCELLED`
+          : `${id}: ${stateName(cancelled.state)}; stop sent to ${cancelled.workerId || "its worker"}`,
+      );
+    });
+
+  job
+    .command("watch")
+    .description("print a job's transitions until it finishes")
+    .argument("<id>")
+    .option("--json", "print each version of the Job as one JSON line")
+    .action(async (id: string, opts: { json?: boolean }) => {
+      let printed = 0;
+      await follow(clients.jobs, id, (j) => {
+        if (opts.json) return console.log(JSON.stringify(Job.toJSON(j)));
+        for (const t of j.history.slice(printed)) console.log(describeTransition(t));
+        printed = j.history.length;
+      });
+    });
+}

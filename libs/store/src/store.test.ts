@@ -1,0 +1,74 @@
+/** The store against a real nats-server with JetStream. */
+import { createHash } from "node:crypto";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Schedule } from "@aspen/proto";
+import { AlreadyExistsError, ConflictError, createLogger } from "@aspen/runtime";
+import { startNats, type NatsServer } from "@aspen/testkit";
+import { Store } from "./store.js";
+
+describe("store over JetStream", () => {
+  let nats: NatsServer;
+  let store: Store;
+  const log = createLogger("store-test", "silent");
+
+  beforeAll(async () => {
+    nats = await startNats();
+    store = await Store.connect({ servers: [nats.url], name: "store-test", log });
+  });
+  afterAll(async () => {
+    await store?.close();
+    await nats?.[Symbol.asyncDispose]();
+  });
+
+  const record = (id: string, name: string) => Schedule.fromPartial({ id, name });
+
+  it("creates if absent, refuses a second create, and reads back", async () => {
+    const bucket = await store.bucket("t_create", Schedule);
+    const rev = await bucket.create("a", record("a", "first"));
+    await expect(bucket.create("a", record("a", "second"))).rejects.toBeInstanceOf(AlreadyExistsError);
+    expect(await bucket.get("a")).toEqual({ key: "a", value: record("a", "first"), revision: rev });
+    expect(await bucket.get("missing")).toBeUndefined();
+  });
+
+  it("compare-and-set: a stale revision loses, and only one of two racing writers wins", async () => {
+    const bucket = await store.bucket("t_cas", Schedule);
+    const r1 = await bucket.create("k", record("k", "v1"));
+    const r2 = await bucket.update("k", record("k", "v2"), r1);
+    await expect(bucket.update("k", record("k", "stale"), r1)).rejects.toBeInstanceOf(ConflictError);
+    const results = await Promise.allSettled([
+      bucket.update("k", record("k", "x"), r2),
+      bucket.update("k", record("k", "y"), r2),
+    ]);
+    expect(results.filter((r) => r.status === "fulfilled")).toHaveLength(1);
+  });
+
+  it("mutate retries lost races until every change is applied", async () => {
+    const bucket = await store.bucket("t_mutate", Schedule);
+    await bucket.create("n", Schedule.fromPartial({ id: "n", status: { fireCount: 0 } }));
+    const bump = (s: Schedule): Schedule => ({ ...s, status: { ...s.status!, fireCount: (s.status?.fireCount ?? 0) + 1 } });
+    await Promise.all(Array.from({ length: 10 }, () => bucket.mutate("n", bump)));
+    expect((await bucket.get("n"))?.value.status?.fireCount).toBe(10);
+  });
+
+  it("lists every live record, without deleted ones, and survives reopening", async () => {
+    const bucket = await store.bucket("t_all", Schedule);
+    expect(await bucket.all()).toEqual([]);
+    for (let i = 0; i < 50; i++) await bucket.create(`s${i}`, record(`s${i}`, `n${i}`));
+    await bucket.delete("s7");
+    await bucket.upsert("s8", record("s8", "changed"));
+    const reopened = await store.bucket("t_all", Schedule);
+    const all = await reopened.all();
+    expect(all).toHaveLength(49);
+    expect(all.find((e) => e.key === "s8")?.value.name).toBe("changed");
+    expect(all.some((e) => e.key === "s7")).toBe(false);
+  });
+
+  it("stores objects with their size and SHA-256", async () => {
+    const objects = await store.objects("t_objects");
+    const data = Buffer.alloc(3 * 1024 * 1024, "z");
+    const info = await objects.put("job-1/1/stdout", data);
+    expect(info).toEqual({ size: data.length, sha256: createHash("sha256").update(data).digest("hex") });
+    expect(Buffer.from((await objects.get("job-1/1/stdout")) ?? []).equals(data)).toBe(true);
+    expect(await objects.get("absent")).toBeUndefined();
+  });
+});

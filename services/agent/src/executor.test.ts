@@ -1,0 +1,143 @@
+/** The executor with real child processes. */
+import { createHash } from "node:crypto";
+import { readdirSync, readFileSync } from "node:fs";
+import { describe, expect, it } from "vitest";
+import { JobSpec, StderrMode } from "@aspen/proto";
+import { BoundedCapture, execute, type ExecutorOptions } from "./executor.js";
+
+const options: ExecutorOptions = { baseEnv: { PATH: process.env.PATH ?? "/usr/bin:/bin" }, defaultCwd: "/tmp", maxInlineOutputBytes: 1024 * 1024 };
+const spec = (s: Parameters<typeof JobSpec.fromPartial>[0]) => JobSpec.fromPartial(s);
+const sh = (script: string, extra: Parameters<typeof JobSpec.fromPartial>[0] = {}) =>
+  spec({ ...extra, exec: { command: "/bin/sh", args: ["-c", script], ...extra.exec } });
+
+/** Live (non-zombie) processes in a process group, read from /proc. */
+function groupMembers(pgid: number): number[] {
+  const members: number[] = [];
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      // /proc/<pid>/stat: "pid (comm) state ppid pgrp ..."; comm may hold spaces, so split after ")".
+      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
+      const [state, , pgrp] = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      if (Number(pgrp) === pgid && state !== "Z") members.push(Number(entry));
+    } catch {
+      // exited while we looked
+    }
+  }
+  return members;
+}
+
+/** True while any process of the group is alive; killed ones get a moment to be reaped. */
+async function groupAlive(pgid: number): Promise<boolean> {
+  for (let i = 0; i < 20 && groupMembers(pgid).length > 0; i++) await new Promise((r) => setTimeout(r, 25));
+  return groupMembers(pgid).length > 0;
+}
+
+describe("executor", () => {
+  it("runs a command without a shell and captures stdout, exit code and digest", async () => {
+    const run = execute(spec({ exec: { command: "echo", args: ["hello", "$HOME", ";", "ls"] } }), options);
+    const { pid } = await run.started;
+    expect(pid).toBeGreaterThan(0);
+    const r = await run.result;
+    expect(r.exitCode).toBe(0);
+    expect(r.stdout?.text).toBe("hello $HOME ; ls\n"); // no expansion, no injection
+    expect(r.stdout?.sha256).toBe(createHash("sha256").update("hello $HOME ; ls\n").digest("hex"));
+    expect(r.finishedAt!.getTime()).toBeGreaterThanOrEqual(r.startedAt!.getTime());
+  });
+
+  it("reports a non-zero exit, stderr separately, and stdin", async () => {
+    const r = await execute(sh("cat; echo oops >&2; exit 3", { exec: { stdin: Buffer.from("in\n") } }), options).result;
+    expect(r.exitCode).toBe(3);
+    expect(r.stdout?.text).toBe("in\n");
+    expect(r.stderr?.text).toBe("oops\n");
+  });
+
+  it("merges stderr into stdout on request and runs shell scripts only when asked", async () => {
+    const r = await execute(
+      spec({ exec: { command: "echo out; echo err >&2", shell: true, stderr: StderrMode.STDERR_MODE_MERGED } }),
+      options,
+    ).result;
+    expect(r.stdout?.text).toBe("out\nerr\n");
+    expect(r.stderr?.totalBytes).toBe(0);
+  });
+
+  it("says why when the command cannot start", async () => {
+    const run = execute(spec({ exec: { command: "no-such-command-aspen" } }), options);
+    await expect(run.started).rejects.toThrow();
+    const r = await run.result;
+    expect(r.exitCode).toBe(-1);
+    expect(r.error).toMatch(/could not start "no-such-command-aspen": ENOENT/);
+  });
+
+  it("passes only the allowlisted base environment plus the job's own variables", async () => {
+    process.env.ASPEN_TEST_AGENT_SECRET = "s3cret";
+    try {
+      const r = await execute(spec({ exec: { command: "env", env: { JOB_VAR: "1" } } }), options).result;
+      expect(r.stdout?.text).not.toContain("s3cret");
+      expect(r.stdout?.text).toContain("JOB_VAR=1");
+    } finally {
+      delete process.env.ASPEN_TEST_AGENT_SECRET;
+    }
+  });
+
+  it("on timeout kills the whole process group: no orphan survives", async () => {
+    const run = execute(sh("sleep 100 & sleep 100", { timeout: { seconds: 0, nanos: 300e6 }, killGrace: { seconds: 0, nanos: 200e6 } }), options);
+    const { pid } = await run.started;
+    const started = Date.now();
+    const r = await run.result;
+    expect(r.timedOut).toBe(true);
+    expect(r.signal).toBe("SIGTERM");
+    expect(Date.now() - started).toBeLessThan(3_000);
+    expect(await groupAlive(pid)).toBe(false);
+  });
+
+  it("KILLs a process that ignores TERM once the grace period is over", async () => {
+    const run = execute(sh("trap '' TERM; sleep 100", { killGrace: { seconds: 0, nanos: 300e6 } }), options);
+    const { pid } = await run.started;
+    await new Promise((r) => setTimeout(r, 100));
+    const t = Date.now();
+    run.cancel("test");
+    const r = await run.result;
+    expect(r.cancelled).toBe(true);
+    expect(r.signal).toBe("SIGKILL");
+    expect(Date.now() - t).toBeGreaterThanOrEqual(250);
+    expect(await groupAlive(pid)).toBe(false);
+  });
+
+  it("reaps leftovers in the group after the main process exits, so the pipes close", async () => {
+    const t = Date.now();
+    const run = execute(sh("sleep 100 & echo started"), options);
+    const { pid } = await run.started;
+    const r = await run.result;
+    expect(r.exitCode).toBe(0);
+    expect(r.stdout?.text).toBe("started\n");
+    expect(Date.now() - t).toBeLessThan(3_000);
+    expect(await groupAlive(pid)).toBe(false);
+  });
+
+  it("keeps output bounded whatever its size, with the full size and digest", async () => {
+    const r = await execute(sh("head -c 3000000 /dev/zero | tr '\\0' 'x'", { maxInlineOutputBytes: 1000 }), options).result;
+    expect(r.stdout?.totalBytes).toBe(3_000_000);
+    expect(r.stdout?.truncated).toBe(true);
+    expect(Buffer.byteLength(r.stdout?.text ?? "")).toBeLessThan(1000);
+    expect(r.stdout?.sha256).toBe(createHash("sha256").update("x".repeat(3_000_000)).digest("hex"));
+  });
+});
+
+describe("bounded capture", () => {
+  it("keeps the head and the tail and says what it omitted", () => {
+    const c = new BoundedCapture(10);
+    for (const part of ["01234", "56789", "abcde", "fghij"]) c.push(Buffer.from(part));
+    const out = c.output();
+    expect(out.totalBytes).toBe(20);
+    expect(out.truncated).toBe(true);
+    expect(out.text).toBe("01234\n… [10 bytes omitted] …\nfghij");
+  });
+
+  it("keeps everything under the limit", () => {
+    const c = new BoundedCapture(10);
+    c.push(Buffer.from("abc"));
+    c.push(Buffer.from("defgh"));
+    expect(c.output()).toMatchObject({ text: "abcdefgh", truncated: false, totalBytes: 8 });
+  });
+});
