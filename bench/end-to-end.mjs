@@ -34,7 +34,14 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { cpus, loadavg, platform, release, arch, tmpdir, totalmem } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
-import { CoordinatorServiceClient, JobServiceClient, JobState, ListJobsRequest, SubmitJobRequest, WorkerHealth } from "@aspen/proto";
+import {
+  CoordinatorServiceClient,
+  JobServiceClient,
+  JobState,
+  ListJobsRequest,
+  SubmitJobRequest,
+  WorkerHealth,
+} from "@aspen/proto";
 import { createClient, unaryCall } from "@aspen/runtime";
 import { freePort, sleep, startNats, startService, waitFor, waitHealthy } from "@aspen/testkit";
 
@@ -105,6 +112,19 @@ function cpuSeconds(pid) {
   }
 }
 
+/** Machine-wide CPU seconds {busy, total} (all cores) from /proc/stat; undefined where there is none. */
+function machineCpu() {
+  try {
+    const line = readFileSync("/proc/stat", "utf8").split("\n")[0];
+    const v = line.trim().split(/\s+/).slice(1).map(Number);
+    const total = v.reduce((a, b) => a + b, 0);
+    const idle = (v[3] ?? 0) + (v[4] ?? 0);
+    return { busy: (total - idle) / 100, total: total / 100 };
+  } catch {
+    return undefined;
+  }
+}
+
 /** The pid of the nats-server whose store is `storeDir` (testkit does not expose it). */
 function natsPid(storeDir) {
   try {
@@ -125,7 +145,9 @@ function natsPid(storeDir) {
 
 function natsVersion() {
   try {
-    return execFileSync("nats-server", ["--version"], { encoding: "utf8" }).trim().replace(/^nats-server:\s*/, "");
+    return execFileSync("nats-server", ["--version"], { encoding: "utf8" })
+      .trim()
+      .replace(/^nats-server:\s*/, "");
   } catch {
     return "unknown";
   }
@@ -196,7 +218,12 @@ async function measureCeiling(label) {
   const shares = Array.from({ length: AGENTS }, (_, i) => Math.floor(JOBS / AGENTS) + (i < JOBS % AGENTS ? 1 : 0));
   const children = shares.map((share) =>
     spawn(process.execPath, ["--input-type=module", "-e", CEILING_CHILD], {
-      env: { PATH: process.env.PATH ?? "/usr/bin:/bin", CEIL_JOBS: String(share), CEIL_CONCURRENCY: String(SLOTS), CEIL_COMMAND: COMMAND },
+      env: {
+        PATH: process.env.PATH ?? "/usr/bin:/bin",
+        CEIL_JOBS: String(share),
+        CEIL_CONCURRENCY: String(SLOTS),
+        CEIL_COMMAND: COMMAND,
+      },
       stdio: ["ignore", "inherit", "inherit", "ipc"],
     }),
   );
@@ -204,7 +231,8 @@ async function measureCeiling(label) {
   cleanups.push(killAll);
   try {
     const exited = children.map(
-      (c) => new Promise((resolve) => (c.exitCode !== null || c.signalCode !== null ? resolve() : c.once("exit", () => resolve()))),
+      (c) =>
+        new Promise((resolve) => (c.exitCode !== null || c.signalCode !== null ? resolve() : c.once("exit", () => resolve()))),
     );
     const ready = children.map(
       (c) =>
@@ -221,21 +249,30 @@ async function measureCeiling(label) {
           c.once("exit", (code) => reject(new Error(`ceiling child exited without a result (${code})`)));
         }),
     );
+    const machineBefore = machineCpu();
     children.forEach((c) => c.send("go"));
+    let timer;
     const reports = await Promise.race([
       Promise.all(results),
-      sleep(TIMEOUT_MS).then(() => {
-        throw new Error(`ceiling run (${label}) did not finish within ${TIMEOUT_MS} ms`);
+      new Promise((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`ceiling run (${label}) did not finish within ${TIMEOUT_MS} ms`)), TIMEOUT_MS);
       }),
-    ]);
+    ]).finally(() => clearTimeout(timer));
+    const machineAfter = machineCpu();
     await Promise.all(exited);
+    const busy =
+      machineBefore && machineAfter ? (machineAfter.busy - machineBefore.busy) / (machineAfter.total - machineBefore.total) : undefined;
     const start = Math.min(...reports.map((r) => r.start));
     const end = Math.max(...reports.map((r) => r.end));
     const failed = reports.reduce((sum, r) => sum + r.failed, 0);
     const wallMs = end - start;
     const rate = (JOBS / wallMs) * 1000;
-    log(`ceiling ${label}: ${fmtRate(rate)} (${JOBS} × ${COMMAND} in ${(wallMs / 1000).toFixed(2)} s${failed ? `, ${failed} FAILED` : ""})`);
-    return { rate, wallMs, failed };
+    log(
+      `ceiling ${label}: ${fmtRate(rate)} (${JOBS} × ${COMMAND} in ${(wallMs / 1000).toFixed(2)} s` +
+        `${failed ? `, ${failed} FAILED` : ""}${busy === undefined ? "" : `; machine CPU ${Math.round(busy * 100)}% busy`})`,
+    );
+    if (failed > 0) throw new Error(`ceiling run (${label}): ${failed} of ${JOBS} spawns of ${COMMAND} failed`);
+    return { rate, wallMs, failed, busy };
   } finally {
     killAll();
     cleanups.splice(cleanups.indexOf(killAll), 1);
@@ -248,7 +285,11 @@ async function measureCeiling(label) {
 async function startCluster(workDir) {
   const nats = await startNats();
   cleanups.push(() => nats[Symbol.asyncDispose]());
-  const [jmPort, coordPort, ...healthPorts] = await Promise.all([freePort(), freePort(), ...Array.from({ length: AGENTS }, freePort)]);
+  const [jmPort, coordPort, ...healthPorts] = await Promise.all([
+    freePort(),
+    freePort(),
+    ...Array.from({ length: AGENTS }, freePort),
+  ]);
   const jmAddr = `127.0.0.1:${jmPort}`;
   const coordAddr = `127.0.0.1:${coordPort}`;
   const common = { OTEL_SDK_DISABLED: "true", ASPEN_LOG_LEVEL: "warn" };
@@ -307,7 +348,9 @@ async function startCluster(workDir) {
     `both agents HEALTHY in ListWorkers`,
     async () => {
       const { workers } = await unaryCall(coord.listWorkers.bind(coord), {}, { deadlineMs: 2_000 });
-      return workerIds.every((id) => workers.some((w) => w.id === id && w.health === WorkerHealth.WORKER_HEALTH_HEALTHY && w.slots === SLOTS));
+      return workerIds.every((id) =>
+        workers.some((w) => w.id === id && w.health === WorkerHealth.WORKER_HEALTH_HEALTHY && w.slots === SLOTS),
+      );
     },
     30_000,
     100,
@@ -369,11 +412,9 @@ async function waitAllTerminal(jobs, expected, deadlineMs) {
   const started = performance.now();
   let lastNote = started;
   for (;;) {
-    const res = await unaryCall(
-      jobs.listJobs.bind(jobs),
-      ListJobsRequest.fromPartial({ states: NON_TERMINAL, pageSize: 1 }),
-      { deadlineMs: 10_000 },
-    );
+    const res = await unaryCall(jobs.listJobs.bind(jobs), ListJobsRequest.fromPartial({ states: NON_TERMINAL, pageSize: 1 }), {
+      deadlineMs: 10_000,
+    });
     if (res.jobs.length === 0) return;
     const now = performance.now();
     if (now - started > deadlineMs) {
@@ -381,7 +422,9 @@ async function waitAllTerminal(jobs, expected, deadlineMs) {
     }
     if (now - lastNote > 10_000) {
       lastNote = now;
-      log(`still waiting for jobs to finish (${Math.round((now - started) / 1000)} s; newest unfinished: ${res.jobs[0].id} ${stateName(res.jobs[0].state)})`);
+      log(
+        `still waiting for jobs to finish (${Math.round((now - started) / 1000)} s; newest unfinished: ${res.jobs[0].id} ${stateName(res.jobs[0].state)})`,
+      );
     }
     await sleep(250);
   }
@@ -445,7 +488,9 @@ async function main() {
     `${cpuList.length} CPU${cpuList.length === 1 ? "" : "s"} (${cpuList[0]?.model?.trim() ?? "unknown"})`,
     `${platform()} ${release()} ${arch()}`,
     `${(totalmem() / 2 ** 30).toFixed(1)} GiB RAM`,
-    `load ${loadavg().map((l) => l.toFixed(2)).join(" ")}`,
+    `load ${loadavg()
+      .map((l) => l.toFixed(2))
+      .join(" ")}`,
   ].join(", ");
   const versions = `node ${process.version}, nats-server ${natsVersion()}`;
   log(`machine: ${machine}; ${versions}`);
@@ -463,7 +508,8 @@ async function main() {
 
   if (WARMUP > 0) {
     const warm = await submitAll(cluster.jobs, WARMUP, "warmup");
-    if (warm.failures.length > 0) throw new Error(`warm-up: ${warm.failures.length} submissions failed, first: ${warm.failures[0]}`);
+    if (warm.failures.length > 0)
+      throw new Error(`warm-up: ${warm.failures.length} submissions failed, first: ${warm.failures[0]}`);
     await waitAllTerminal(cluster.jobs, WARMUP, 60_000);
     log(`warm-up: ${WARMUP} jobs done`);
   }
@@ -481,7 +527,9 @@ async function main() {
   const runStart = performance.now();
   const { submitted, failures } = await submitAll(cluster.jobs, JOBS, "run");
   const submitDoneMs = performance.now() - runStart;
-  log(`submitted ${submitted.length} in ${(submitDoneMs / 1000).toFixed(2)} s (${fmtRate((submitted.length / submitDoneMs) * 1000)})${failures.length ? `, ${failures.length} FAILED` : ""}`);
+  log(
+    `submitted ${submitted.length} in ${(submitDoneMs / 1000).toFixed(2)} s (${fmtRate((submitted.length / submitDoneMs) * 1000)})${failures.length ? `, ${failures.length} FAILED` : ""}`,
+  );
   await waitAllTerminal(cluster.jobs, submitted.length, TIMEOUT_MS);
   const waitDoneMs = performance.now() - runStart;
   log(`all jobs terminal ${(waitDoneMs / 1000).toFixed(2)} s after the first submit (detected by polling)`);
@@ -545,7 +593,9 @@ async function main() {
     const used = cpuBefore[k] !== undefined && cpuAfter[k] !== undefined ? cpuAfter[k] - cpuBefore[k] : undefined;
     return used === undefined ? `${k} n/a` : `${k} ${used.toFixed(2)} s (${Math.round((used * 1000 * 100) / waitDoneMs)}%)`;
   });
-  cpuLines.push(`bench client ${((benchCpu.user + benchCpu.system) / 1e6).toFixed(2)} s (${Math.round((benchCpu.user + benchCpu.system) / 10 / waitDoneMs)}%)`);
+  cpuLines.push(
+    `bench client ${((benchCpu.user + benchCpu.system) / 1e6).toFixed(2)} s (${Math.round((benchCpu.user + benchCpu.system) / 10 / waitDoneMs)}%)`,
+  );
 
   const out = [
     "",
@@ -559,7 +609,9 @@ async function main() {
     `submit→start:   p50 ${fmtMs(start.p50)}   p99 ${fmtMs(start.p99)}   max ${fmtMs(start.max)}`,
     `submit→finish:  p50 ${fmtMs(finish.p50)}   p99 ${fmtMs(finish.p99)}   max ${fmtMs(finish.max)}`,
     `ceiling (raw spawn, ${AGENTS}×${SLOTS}): ${fmtRate(ceilingAfter.rate)}   (after the run, cluster stopped; ${(ceilingAfter.wallMs / 1000).toFixed(2)} s)` +
-      (ceilingBefore ? `\n                ${fmtRate(ceilingBefore.rate)}   (before the cluster started; ${(ceilingBefore.wallMs / 1000).toFixed(2)} s)` : ""),
+      (ceilingBefore
+        ? `\n                ${fmtRate(ceilingBefore.rate)}   (before the cluster started; ${(ceilingBefore.wallMs / 1000).toFixed(2)} s)`
+        : ""),
     `ratio:          ${ratio.toFixed(2)}   target ≥ ${TARGET_RATIO} → ${ratio >= TARGET_RATIO ? "met" : "NOT met"}` +
       (ceilingBefore ? `   (against the ceiling before: ${(e2eRate / ceilingBefore.rate).toFixed(2)})` : ""),
     `informational:  target at a steady 100 jobs/s: submit→start p99 ≤ ${TARGET_STEADY_P99_MS} ms (not measured here: this run is a burst of ${JOBS}, so submit→start includes queueing)`,

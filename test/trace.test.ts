@@ -40,7 +40,9 @@ describe("tracing", () => {
         "spans of the fire from all four services",
         () => {
           const inTrace = otlp.spans.filter((s) => s.traceId === job.traceId);
-          return expected.every(([service, name]) => inTrace.some((s) => s.service === service && s.name === name)) ? inTrace : undefined;
+          return expected.every(([service, name]) => inTrace.some((s) => s.service === service && s.name === name))
+            ? inTrace
+            : undefined;
         },
         10_000,
         100,

@@ -6,8 +6,15 @@
 import { status } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
-  CoordinatorServiceClient, CreateScheduleRequest, JobServiceClient, PreviewScheduleRequest, SchedulerServiceClient,
-  SubmitJobRequest, type AgentMessage, type CoordinatorMessage, type Job,
+  CoordinatorServiceClient,
+  CreateScheduleRequest,
+  JobServiceClient,
+  PreviewScheduleRequest,
+  SchedulerServiceClient,
+  SubmitJobRequest,
+  type AgentMessage,
+  type CoordinatorMessage,
+  type Job,
 } from "@aspen/proto";
 import { AspenError, createClient, unaryCall } from "@aspen/runtime";
 import { startCluster, waitHealthy, type Cluster } from "@aspen/testkit";

@@ -5,7 +5,12 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
-  CreateScheduleRequest, JobServiceClient, JobState, ListJobsRequest, SchedulerServiceClient, type Job,
+  CreateScheduleRequest,
+  JobServiceClient,
+  JobState,
+  ListJobsRequest,
+  SchedulerServiceClient,
+  type Job,
 } from "@aspen/proto";
 import { createClient, unaryCall } from "@aspen/runtime";
 import { startCluster, waitFor, type Cluster } from "@aspen/testkit";

@@ -73,9 +73,8 @@ export function shellJoin(argv: string[]): string {
 /** One-line summary of when a schedule fires: "cron 0 9 * * 1-5 (Europe/Paris)", "every 5s", "once at …". */
 export function specSummary(spec: ScheduleSpec | undefined): string {
   const kind = spec?.kind;
-  switch (kind?.$case) {
-    case undefined:
-      return "-";
+  if (!kind) return "-";
+  switch (kind.$case) {
     case "cron":
       return `cron ${kind.value.expression}${kind.value.timeZone && kind.value.timeZone !== "UTC" ? ` (${kind.value.timeZone})` : ""}`;
     case "interval":
@@ -134,4 +133,9 @@ export function parseInstant(text: string): Date {
   const at = new Date(zoned);
   if (Number.isNaN(at.getTime())) throw new InvalidArgumentError("expected an ISO 8601 instant such as 2030-01-01T09:00:00Z");
   return at;
+}
+
+/** A protobuf-JSON value (from `Message.toJSON`) as indented JSON text. */
+export function json(value: unknown): string {
+  return JSON.stringify(value, null, 2);
 }

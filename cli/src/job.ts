@@ -2,15 +2,34 @@
 import { InvalidArgumentError, Option, type Command } from "commander";
 import { status } from "@grpc/grpc-js";
 import {
-  Job, JobSpec, JobState, ListJobsRequest, Priority, SubmitJobRequest, SubmitJobResponse, type JobServiceClient,
-  type JobTransition, type Output,
+  Job,
+  JobSpec,
+  JobState,
+  ListJobsRequest,
+  Priority,
+  SubmitJobRequest,
+  SubmitJobResponse,
+  type JobServiceClient,
+  type JobTransition,
+  type Output,
 } from "@aspen/proto";
 import { AspenError, fromServiceError, isServiceError, msToDuration, unaryCall } from "@aspen/runtime";
 import { isTerminal, parseState, stateName } from "@aspen/model";
 import type { Clients } from "./clients.js";
 import {
-  collect, collectKeyValue, exitSummary, fields, formatDuration, formatInstant, formatMap, jobDurationMs, json, parseCount,
-  parseDuration, shellJoin, table,
+  collect,
+  collectKeyValue,
+  exitSummary,
+  fields,
+  formatDuration,
+  formatInstant,
+  formatMap,
+  jobDurationMs,
+  json,
+  parseCount,
+  parseDuration,
+  shellJoin,
+  table,
 } from "./format.js";
 
 const PRIORITIES: Record<string, Priority> = {
@@ -67,7 +86,8 @@ async function follow(client: JobServiceClient, jobId: string, onJob: (job: Job)
   } catch (err) {
     throw isServiceError(err) ? fromServiceError(err) : err;
   }
-  if (!last || !isTerminal(last.state)) throw new AspenError(status.UNAVAILABLE, `watch of job ${jobId} ended before it finished`);
+  if (!last || !isTerminal(last.state))
+    throw new AspenError(status.UNAVAILABLE, `watch of job ${jobId} ended before it finished`);
   return last;
 }
 
@@ -186,7 +206,11 @@ export function registerJobCommands(program: Command, clients: Clients): void {
       const rows = jobs.map((j) => {
         const duration = jobDurationMs(j, now);
         return [
-          j.id, stateName(j.state), exitSummary(j), j.workerId || "-", formatInstant(j.submittedAt),
+          j.id,
+          stateName(j.state),
+          exitSummary(j),
+          j.workerId || "-",
+          formatInstant(j.submittedAt),
           duration === undefined ? "-" : formatDuration(duration),
         ];
       });

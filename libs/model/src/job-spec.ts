@@ -4,9 +4,7 @@
  * with the same field names. Fields the API defines for later capabilities
  * are refused with UNIMPLEMENTED rather than silently ignored.
  */
-import {
-  LabelRequirement_Operator, PlacementStrategy, Priority, RetryPolicy_Kind, StderrMode, type JobSpec,
-} from "@aspen/proto";
+import { LabelRequirement_Operator, PlacementStrategy, Priority, RetryPolicy_Kind, StderrMode, type JobSpec } from "@aspen/proto";
 import { durationToMs, InvalidArgumentError, UnimplementedError } from "@aspen/runtime";
 
 /** Input limits (bytes unless named otherwise). */
@@ -63,17 +61,21 @@ export function validateJobSpec(spec: JobSpec | undefined, field = "spec"): asse
   const exec = spec.exec;
   if (!exec) throw new InvalidArgumentError(`${field}.exec`, "required: the command to run");
   checkText(`${field}.exec.command`, exec.command, Limits.commandBytes, true);
-  if (exec.args.length > Limits.argCount) throw new InvalidArgumentError(`${field}.exec.args`, `more than ${Limits.argCount} arguments`);
+  if (exec.args.length > Limits.argCount)
+    throw new InvalidArgumentError(`${field}.exec.args`, `more than ${Limits.argCount} arguments`);
   exec.args.forEach((arg, i) => checkText(`${field}.exec.args[${i}]`, arg, Limits.argBytes));
   checkMap(`${field}.exec.env`, exec.env, ENV_NAME, Limits.envCount, Limits.envValueBytes);
   if (exec.cwd && !exec.cwd.startsWith("/")) throw new InvalidArgumentError(`${field}.exec.cwd`, "must be an absolute path");
   checkText(`${field}.exec.cwd`, exec.cwd, 4096);
-  if (exec.stdin.length > Limits.stdinBytes) throw new InvalidArgumentError(`${field}.exec.stdin`, `longer than ${Limits.stdinBytes} bytes`);
-  if (!isEnumValue(StderrMode, exec.stderr)) throw new InvalidArgumentError(`${field}.exec.stderr`, `unknown mode ${exec.stderr}`);
+  if (exec.stdin.length > Limits.stdinBytes)
+    throw new InvalidArgumentError(`${field}.exec.stdin`, `longer than ${Limits.stdinBytes} bytes`);
+  if (!isEnumValue(StderrMode, exec.stderr))
+    throw new InvalidArgumentError(`${field}.exec.stderr`, `unknown mode ${exec.stderr}`);
 
   checkDuration(`${field}.timeout`, spec.timeout, Limits.maxTimeoutMs);
   checkDuration(`${field}.kill_grace`, spec.killGrace, 3_600_000);
-  if (!isEnumValue(Priority, spec.priority)) throw new InvalidArgumentError(`${field}.priority`, `unknown priority ${spec.priority}`);
+  if (!isEnumValue(Priority, spec.priority))
+    throw new InvalidArgumentError(`${field}.priority`, `unknown priority ${spec.priority}`);
   checkMap(`${field}.tags`, spec.tags, LABEL_KEY, Limits.tagCount, Limits.tagBytes);
   if (spec.maxInlineOutputBytes > Limits.maxInlineOutputBytes) {
     throw new InvalidArgumentError(`${field}.max_inline_output_bytes`, `must be at most ${Limits.maxInlineOutputBytes}`);
@@ -82,7 +84,8 @@ export function validateJobSpec(spec: JobSpec | undefined, field = "spec"): asse
 
   const retry = spec.retry;
   if (retry && retry.kind !== RetryPolicy_Kind.KIND_UNSPECIFIED && retry.kind !== RetryPolicy_Kind.KIND_NONE) {
-    if (!isEnumValue(RetryPolicy_Kind, retry.kind)) throw new InvalidArgumentError(`${field}.retry.kind`, `unknown kind ${retry.kind}`);
+    if (!isEnumValue(RetryPolicy_Kind, retry.kind))
+      throw new InvalidArgumentError(`${field}.retry.kind`, `unknown kind ${retry.kind}`);
     throw new UnimplementedError(`${field}.retry.kind`, "retries are not implemented yet (only NONE)");
   }
   const placement = spec.placement;
@@ -93,7 +96,10 @@ export function validateJobSpec(spec: JobSpec | undefined, field = "spec"): asse
       sel.requirements.forEach((req, i) => {
         const f = `${field}.placement.selector.requirements[${i}]`;
         if (!LABEL_KEY.test(req.key)) throw new InvalidArgumentError(`${f}.key`, `must match ${LABEL_KEY}`);
-        if (!isEnumValue(LabelRequirement_Operator, req.operator) || req.operator === LabelRequirement_Operator.OPERATOR_UNSPECIFIED) {
+        if (
+          !isEnumValue(LabelRequirement_Operator, req.operator) ||
+          req.operator === LabelRequirement_Operator.OPERATOR_UNSPECIFIED
+        ) {
           throw new InvalidArgumentError(`${f}.operator`, "must be IN, NOT_IN, EXISTS or DOES_NOT_EXIST");
         }
         const needsValues =
@@ -101,7 +107,8 @@ export function validateJobSpec(spec: JobSpec | undefined, field = "spec"): asse
         if (needsValues && req.values.length === 0) throw new InvalidArgumentError(`${f}.values`, "required for IN and NOT_IN");
       });
       sel.capabilities.forEach((c, i) => checkText(`${field}.placement.selector.capabilities[${i}]`, c, 128, true));
-      if (sel.workerGroup) throw new UnimplementedError(`${field}.placement.selector.worker_group`, "worker groups are not implemented yet");
+      if (sel.workerGroup)
+        throw new UnimplementedError(`${field}.placement.selector.worker_group`, "worker groups are not implemented yet");
     }
     if (!isEnumValue(PlacementStrategy, placement.strategy)) {
       throw new InvalidArgumentError(`${field}.placement.strategy`, `unknown strategy ${placement.strategy}`);

@@ -2,8 +2,12 @@
 import { JobState } from "@aspen/proto";
 
 const TERMINAL = new Set<JobState>([
-  JobState.JOB_STATE_SUCCEEDED, JobState.JOB_STATE_FAILED, JobState.JOB_STATE_TIMED_OUT,
-  JobState.JOB_STATE_CANCELLED, JobState.JOB_STATE_LOST, JobState.JOB_STATE_DEAD,
+  JobState.JOB_STATE_SUCCEEDED,
+  JobState.JOB_STATE_FAILED,
+  JobState.JOB_STATE_TIMED_OUT,
+  JobState.JOB_STATE_CANCELLED,
+  JobState.JOB_STATE_LOST,
+  JobState.JOB_STATE_DEAD,
 ]);
 
 /** True once a job will never change state again. */

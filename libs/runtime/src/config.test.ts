@@ -12,12 +12,22 @@ const schema = z.object({
 
 describe("config", () => {
   it("applies documented defaults; empty counts as unset", () => {
-    expect(loadConfig(schema, { ASPEN_PORT: "" })).toEqual({ ASPEN_PORT: 50051, ASPEN_WAIT: 5000, ASPEN_LABELS: {}, ASPEN_LIST: ["a", "b"] });
+    expect(loadConfig(schema, { ASPEN_PORT: "" })).toEqual({
+      ASPEN_PORT: 50051,
+      ASPEN_WAIT: 5000,
+      ASPEN_LABELS: {},
+      ASPEN_LIST: ["a", "b"],
+    });
   });
 
   it("parses values", () => {
-    expect(loadConfig(schema, { ASPEN_PORT: "7", ASPEN_WAIT: "1m30s", ASPEN_LABELS: "zone=a, tier=db", ASPEN_LIST: "x" })).toEqual({
-      ASPEN_PORT: 7, ASPEN_WAIT: 90_000, ASPEN_LABELS: { zone: "a", tier: "db" }, ASPEN_LIST: ["x"],
+    expect(
+      loadConfig(schema, { ASPEN_PORT: "7", ASPEN_WAIT: "1m30s", ASPEN_LABELS: "zone=a, tier=db", ASPEN_LIST: "x" }),
+    ).toEqual({
+      ASPEN_PORT: 7,
+      ASPEN_WAIT: 90_000,
+      ASPEN_LABELS: { zone: "a", tier: "db" },
+      ASPEN_LIST: ["x"],
     });
   });
 

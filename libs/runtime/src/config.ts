@@ -14,10 +14,7 @@ export class ConfigError extends Error {
   }
 }
 
-export function loadConfig<S extends z.ZodObject>(
-  schema: S,
-  env: Record<string, string | undefined> = process.env,
-): z.infer<S> {
+export function loadConfig<S extends z.ZodObject>(schema: S, env: Record<string, string | undefined> = process.env): z.infer<S> {
   // Empty strings count as unset, as operators expect from `FOO= cmd`.
   const present: Record<string, string> = {};
   for (const key of Object.keys(schema.shape)) {
@@ -58,7 +55,12 @@ export const env = {
     z
       .string()
       .default(def)
-      .transform((value) => value.split(",").map((item) => item.trim()).filter((item) => item.length > 0)),
+      .transform((value) =>
+        value
+          .split(",")
+          .map((item) => item.trim())
+          .filter((item) => item.length > 0),
+      ),
   /** Comma-separated k=v pairs. */
   labels: (def = "") =>
     z
@@ -66,7 +68,10 @@ export const env = {
       .default(def)
       .transform((value, ctx) => {
         const out: Record<string, string> = {};
-        for (const pair of value.split(",").map((p) => p.trim()).filter(Boolean)) {
+        for (const pair of value
+          .split(",")
+          .map((p) => p.trim())
+          .filter(Boolean)) {
           const eq = pair.indexOf("=");
           if (eq <= 0) {
             ctx.addIssue({ code: "custom", message: `expected k=v pairs, got ${JSON.stringify(pair)}` });

@@ -91,7 +91,9 @@ export function toServiceError(err: unknown): Partial<ServiceError> & { code: st
 
 export function isServiceError(err: unknown): err is ServiceError {
   return (
-    typeof err === "object" && err !== null && typeof (err as { code?: unknown }).code === "number" &&
+    typeof err === "object" &&
+    err !== null &&
+    typeof (err as { code?: unknown }).code === "number" &&
     typeof (err as { details?: unknown }).details === "string"
   );
 }
@@ -129,6 +131,11 @@ export function isRetryable(err: unknown): boolean {
 }
 
 const retryableCodes = new Set<status>([
-  status.UNAVAILABLE, status.DEADLINE_EXCEEDED, status.RESOURCE_EXHAUSTED, status.ABORTED, status.INTERNAL, status.UNKNOWN,
+  status.UNAVAILABLE,
+  status.DEADLINE_EXCEEDED,
+  status.RESOURCE_EXHAUSTED,
+  status.ABORTED,
+  status.INTERNAL,
+  status.UNKNOWN,
   status.CANCELLED,
 ]);

@@ -5,10 +5,25 @@
  * trace, and clients that propagate the active trace and speak promises.
  */
 import {
-  credentials, InterceptingCall, Metadata, Server, ServerCredentials, status,
-  type CallOptions, type ChannelOptions, type Client, type ClientUnaryCall, type handleBidiStreamingCall,
-  type handleServerStreamingCall, type handleUnaryCall, type Interceptor, type ServerDuplexStream,
-  type ServerUnaryCall, type ServerWritableStream, type ServiceDefinition, type ServiceError,
+  credentials,
+  InterceptingCall,
+  Metadata,
+  Server,
+  ServerCredentials,
+  status,
+  type CallOptions,
+  type ChannelOptions,
+  type Client,
+  type ClientUnaryCall,
+  type handleBidiStreamingCall,
+  type handleServerStreamingCall,
+  type handleUnaryCall,
+  type Interceptor,
+  type ServerDuplexStream,
+  type ServerUnaryCall,
+  type ServerWritableStream,
+  type ServiceDefinition,
+  type ServiceError,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
 import { ReflectionService } from "@grpc/reflection";
@@ -225,11 +240,8 @@ export function unaryCall<Req, Res>(
   options: { deadlineMs?: number; metadata?: Metadata } = {},
 ): Promise<Res> {
   return new Promise((resolve, reject) => {
-    method(
-      request,
-      options.metadata ?? new Metadata(),
-      { deadline: Date.now() + (options.deadlineMs ?? 10_000) },
-      (err, res) => (err ? reject(isServiceError(err) ? fromServiceError(err) : err) : resolve(res)),
+    method(request, options.metadata ?? new Metadata(), { deadline: Date.now() + (options.deadlineMs ?? 10_000) }, (err, res) =>
+      err ? reject(isServiceError(err) ? fromServiceError(err) : err) : resolve(res),
     );
   });
 }

@@ -1,16 +1,45 @@
 /** @aspen/runtime — what every Aspen process shares: errors↔status, config, logs, tracing, gRPC, lifecycle. */
 export {
-  AspenError, AlreadyExistsError, ConflictError, FailedPreconditionError, InvalidArgumentError, NotFoundError,
-  ResourceExhaustedError, UnavailableError, UnimplementedError, fromServiceError, isRetryable, isServiceError, toServiceError,
+  AspenError,
+  AlreadyExistsError,
+  ConflictError,
+  FailedPreconditionError,
+  InvalidArgumentError,
+  NotFoundError,
+  ResourceExhaustedError,
+  UnavailableError,
+  UnimplementedError,
+  fromServiceError,
+  isRetryable,
+  isServiceError,
+  toServiceError,
 } from "./errors.js";
 export { ConfigError, env, loadConfig } from "./config.js";
 export { createLogger, type Logger } from "./logger.js";
 export {
-  Attr, Spans, activeTraceId, context, contextFromTraceparent, SpanKind, startTelemetry, trace, traceparentOf,
-  tracer, withSpan, type Context, type Span, type Telemetry,
+  Attr,
+  Spans,
+  activeTraceId,
+  context,
+  contextFromTraceparent,
+  SpanKind,
+  startTelemetry,
+  trace,
+  traceparentOf,
+  tracer,
+  withSpan,
+  type Context,
+  type Span,
+  type Telemetry,
 } from "./telemetry.js";
 export {
-  bindService, createClient, GrpcServer, MAX_MESSAGE_BYTES, unaryCall, type AsyncService, type GrpcServerOptions,
+  bindService,
+  createClient,
+  GrpcServer,
+  MAX_MESSAGE_BYTES,
+  unaryCall,
+  type AsyncService,
+  type GrpcServerOptions,
   type ServiceBinding,
 } from "./grpc.js";
 export { closeOnSignals, runMain, type Closable } from "./lifecycle.js";

@@ -37,8 +37,11 @@ const WRONG_LAST_SEQUENCE = 10071;
 
 function isWrongLastSequence(err: unknown): boolean {
   const e = err as { code?: unknown; api_error?: { err_code?: unknown }; message?: unknown };
-  return e?.code === WRONG_LAST_SEQUENCE || e?.api_error?.err_code === WRONG_LAST_SEQUENCE ||
-    (typeof e?.message === "string" && e.message.includes("wrong last sequence"));
+  return (
+    e?.code === WRONG_LAST_SEQUENCE ||
+    e?.api_error?.err_code === WRONG_LAST_SEQUENCE ||
+    (typeof e?.message === "string" && e.message.includes("wrong last sequence"))
+  );
 }
 
 export class Bucket<T> {
@@ -69,7 +72,8 @@ export class Bucket<T> {
     try {
       return await this.kv.update(key, this.codec.encode(value).finish(), revision);
     } catch (err) {
-      if (isWrongLastSequence(err)) throw new ConflictError(`${this.name}/${key} changed since revision ${revision}`, { cause: err });
+      if (isWrongLastSequence(err))
+        throw new ConflictError(`${this.name}/${key} changed since revision ${revision}`, { cause: err });
       throw err;
     }
   }
@@ -120,7 +124,8 @@ export class Bucket<T> {
     try {
       await this.kv.delete(key, revision === undefined ? undefined : { previousSeq: revision });
     } catch (err) {
-      if (isWrongLastSequence(err)) throw new ConflictError(`${this.name}/${key} changed since revision ${revision}`, { cause: err });
+      if (isWrongLastSequence(err))
+        throw new ConflictError(`${this.name}/${key} changed since revision ${revision}`, { cause: err });
       throw err;
     }
   }
@@ -215,7 +220,8 @@ export class Store {
         })();
         return new Store(nc, options);
       } catch (err) {
-        if (Date.now() > deadline) throw new UnavailableError(`cannot reach NATS at ${options.servers.join(",")}`, { cause: err });
+        if (Date.now() > deadline)
+          throw new UnavailableError(`cannot reach NATS at ${options.servers.join(",")}`, { cause: err });
         options.log.warn({ err: (err as Error).message }, "NATS not reachable yet; retrying");
         await new Promise((r) => setTimeout(r, 500));
       }

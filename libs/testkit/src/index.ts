@@ -274,7 +274,11 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
       await waitHealthy(addrOf[name], 20_000, proc);
       return proc;
     };
-    const [jobManager, coordinator, scheduler] = await Promise.all([launch("job-manager"), launch("coordinator"), launch("scheduler")]);
+    const [jobManager, coordinator, scheduler] = await Promise.all([
+      launch("job-manager"),
+      launch("coordinator"),
+      launch("scheduler"),
+    ]);
     const agents: ServiceProcess[] = [];
     for (let i = 0; i < (options.agents ?? 1); i++) {
       const healthPort = await freePort();
@@ -367,7 +371,13 @@ export async function startOtlpReceiver(): Promise<OtlpReceiver> {
           resourceSpans?: Array<{
             resource?: { attributes?: Array<{ key: string; value: OtlpJsonValue }> };
             scopeSpans?: Array<{
-              spans?: Array<{ traceId: string; spanId: string; parentSpanId?: string; name: string; attributes?: Array<{ key: string; value: OtlpJsonValue }> }>;
+              spans?: Array<{
+                traceId: string;
+                spanId: string;
+                parentSpanId?: string;
+                name: string;
+                attributes?: Array<{ key: string; value: OtlpJsonValue }>;
+              }>;
             }>;
           }>;
         };
@@ -379,7 +389,14 @@ export async function startOtlpReceiver(): Promise<OtlpReceiver> {
               for (const a of s.attributes ?? []) {
                 attributes[a.key] = a.value.stringValue ?? a.value.intValue ?? a.value.doubleValue ?? a.value.boolValue;
               }
-              spans.push({ service, traceId: s.traceId, spanId: s.spanId, parentSpanId: s.parentSpanId ?? "", name: s.name, attributes });
+              spans.push({
+                service,
+                traceId: s.traceId,
+                spanId: s.spanId,
+                parentSpanId: s.parentSpanId ?? "",
+                name: s.name,
+                attributes,
+              });
             }
           }
         }

@@ -8,11 +8,13 @@
 import { hostname, loadavg } from "node:os";
 import type { ClientDuplexStream } from "@grpc/grpc-js";
 import {
-  CoordinatorServiceClient, type AgentMessage, type Assignment, type AttemptEvent, type CoordinatorMessage,
+  CoordinatorServiceClient,
+  type AgentMessage,
+  type Assignment,
+  type AttemptEvent,
+  type CoordinatorMessage,
 } from "@aspen/proto";
-import {
-  Attr, contextFromTraceparent, createClient, durationToMs, Spans, withSpan, type Logger,
-} from "@aspen/runtime";
+import { Attr, contextFromTraceparent, createClient, durationToMs, Spans, withSpan, type Logger } from "@aspen/runtime";
 import { execute, type Execution, type ExecutorOptions } from "./executor.js";
 
 export interface AgentOptions {
@@ -145,7 +147,13 @@ export class Agent {
     const k = key(jobId, attempt);
     const base = { jobId, attempt, workerId: this.options.workerId };
     const refuse = (error: string) =>
-      this.send({ ...base, event: { $case: "finished", value: { result: { exitCode: -1, signal: "", timedOut: false, cancelled: false, error, peakRssBytes: 0, pid: 0 } } } });
+      this.send({
+        ...base,
+        event: {
+          $case: "finished",
+          value: { result: { exitCode: -1, signal: "", timedOut: false, cancelled: false, error, peakRssBytes: 0, pid: 0 } },
+        },
+      });
     if (this.active.has(k)) return; // duplicate delivery: already running
     if (this.state !== "running") return refuse("agent is shutting down");
     if (this.active.size >= this.options.slots) return refuse(`agent ${this.options.workerId} has no free slot`);
@@ -155,7 +163,12 @@ export class Agent {
       Spans.execute,
       {
         parent: contextFromTraceparent(assignment.traceparent),
-        attributes: { [Attr.jobId]: jobId, [Attr.attempt]: attempt, [Attr.workerId]: this.options.workerId, [Attr.command]: spec.exec?.command ?? "" },
+        attributes: {
+          [Attr.jobId]: jobId,
+          [Attr.attempt]: attempt,
+          [Attr.workerId]: this.options.workerId,
+          [Attr.command]: spec.exec?.command ?? "",
+        },
       },
       async (span) => {
         let execution: Execution;

@@ -5,7 +5,11 @@ import { describe, expect, it } from "vitest";
 import { JobSpec, StderrMode } from "@aspen/proto";
 import { BoundedCapture, execute, type ExecutorOptions } from "./executor.js";
 
-const options: ExecutorOptions = { baseEnv: { PATH: process.env.PATH ?? "/usr/bin:/bin" }, defaultCwd: "/tmp", maxInlineOutputBytes: 1024 * 1024 };
+const options: ExecutorOptions = {
+  baseEnv: { PATH: process.env.PATH ?? "/usr/bin:/bin" },
+  defaultCwd: "/tmp",
+  maxInlineOutputBytes: 1024 * 1024,
+};
 const spec = (s: Parameters<typeof JobSpec.fromPartial>[0]) => JobSpec.fromPartial(s);
 const sh = (script: string, extra: Parameters<typeof JobSpec.fromPartial>[0] = {}) =>
   spec({ ...extra, exec: { command: "/bin/sh", args: ["-c", script], ...extra.exec } });
@@ -81,7 +85,10 @@ describe("executor", () => {
   });
 
   it("on timeout kills the whole process group: no orphan survives", async () => {
-    const run = execute(sh("sleep 100 & sleep 100", { timeout: { seconds: 0, nanos: 300e6 }, killGrace: { seconds: 0, nanos: 200e6 } }), options);
+    const run = execute(
+      sh("sleep 100 & sleep 100", { timeout: { seconds: 0, nanos: 300e6 }, killGrace: { seconds: 0, nanos: 200e6 } }),
+      options,
+    );
     const { pid } = await run.started;
     const started = Date.now();
     const r = await run.result;

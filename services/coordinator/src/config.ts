@@ -20,5 +20,4 @@ export const CoordinatorConfigSchema = z.object({
   ASPEN_LOG_LEVEL: env.logLevel(),
 });
 
-export const loadCoordinatorConfig = (source?: Record<string, string | undefined>) =>
-  loadConfig(CoordinatorConfigSchema, source);
+export const loadCoordinatorConfig = (source?: Record<string, string | undefined>) => loadConfig(CoordinatorConfigSchema, source);

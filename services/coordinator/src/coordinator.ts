@@ -5,12 +5,28 @@
  */
 import type { ServerDuplexStream } from "@grpc/grpc-js";
 import {
-  WorkerHealth, type AgentMessage, type AttemptEvent, type CancelAttemptRequest, type CoordinatorMessage,
-  type PlaceJobRequest, type RegisterWorker, type Worker,
+  WorkerHealth,
+  type AgentMessage,
+  type AttemptEvent,
+  type CancelAttemptRequest,
+  type CoordinatorMessage,
+  type PlaceJobRequest,
+  type RegisterWorker,
+  type Worker,
 } from "@aspen/proto";
 import {
-  Attr, FailedPreconditionError, InvalidArgumentError, msToDuration, NotFoundError, ResourceExhaustedError, Spans,
-  toServiceError, traceparentOf, UnavailableError, withSpan, type Logger,
+  Attr,
+  FailedPreconditionError,
+  InvalidArgumentError,
+  msToDuration,
+  NotFoundError,
+  ResourceExhaustedError,
+  Spans,
+  toServiceError,
+  traceparentOf,
+  UnavailableError,
+  withSpan,
+  type Logger,
 } from "@aspen/runtime";
 import { JOB_ID, validateJobSpec, WORKER_ID } from "@aspen/model";
 import type { Bucket } from "@aspen/store";
@@ -167,7 +183,10 @@ export class Coordinator {
     // A second connection with the same id takes over; the older stream is closed.
     if (previous && previous !== stream) previous.end();
     stream.write({ msg: { $case: "registered", value: { heartbeatInterval: msToDuration(this.options.heartbeatIntervalMs) } } });
-    this.log.info({ worker: worker.id, slots: worker.slots, labels: worker.labels, running: stillRunning.size }, "agent registered");
+    this.log.info(
+      { worker: worker.id, slots: worker.slots, labels: worker.labels, running: stillRunning.size },
+      "agent registered",
+    );
     this.persist(session);
     return session;
   }
@@ -191,42 +210,46 @@ export class Coordinator {
     if (request.attempt < 1) throw new InvalidArgumentError("attempt", "must be at least 1");
     validateJobSpec(request.spec, "spec");
     const spec = request.spec;
-    return withSpan(Spans.place, { attributes: { [Attr.jobId]: request.jobId, [Attr.attempt]: request.attempt } }, async (span) => {
-      const selector = spec.placement?.selector;
-      const matching: Array<Candidate & { session: Session }> = [];
-      for (const session of this.sessions.values()) {
-        const w = session.worker;
-        if (!session.stream || w.health !== WorkerHealth.WORKER_HEALTH_HEALTHY) continue;
-        if (!matchesSelector(w, selector)) continue;
-        matching.push({ ...w, used: session.running.size, session });
-      }
-      if (matching.length === 0) {
-        throw new FailedPreconditionError(`no live worker matches ${describeSelector(selector)}`);
-      }
-      const chosen = pickLeastLoaded(matching, this.cursor++);
-      if (!chosen) throw new ResourceExhaustedError(`all ${matching.length} matching workers are busy`);
-      const { session } = chosen;
-      span.setAttribute(Attr.workerId, session.worker.id);
-      const key = attemptKey(request.jobId, request.attempt);
-      session.running.add(key);
-      const sent = session.stream?.write({
-        msg: {
-          $case: "assignment",
-          value: {
-            jobId: request.jobId,
-            attempt: request.attempt,
-            spec,
-            traceparent: traceparentOf(),
-            submittedAt: request.submittedAt,
+    return withSpan(
+      Spans.place,
+      { attributes: { [Attr.jobId]: request.jobId, [Attr.attempt]: request.attempt } },
+      async (span) => {
+        const selector = spec.placement?.selector;
+        const matching: Array<Candidate & { session: Session }> = [];
+        for (const session of this.sessions.values()) {
+          const w = session.worker;
+          if (!session.stream || w.health !== WorkerHealth.WORKER_HEALTH_HEALTHY) continue;
+          if (!matchesSelector(w, selector)) continue;
+          matching.push({ ...w, used: session.running.size, session });
+        }
+        if (matching.length === 0) {
+          throw new FailedPreconditionError(`no live worker matches ${describeSelector(selector)}`);
+        }
+        const chosen = pickLeastLoaded(matching, this.cursor++);
+        if (!chosen) throw new ResourceExhaustedError(`all ${matching.length} matching workers are busy`);
+        const { session } = chosen;
+        span.setAttribute(Attr.workerId, session.worker.id);
+        const key = attemptKey(request.jobId, request.attempt);
+        session.running.add(key);
+        const sent = session.stream?.write({
+          msg: {
+            $case: "assignment",
+            value: {
+              jobId: request.jobId,
+              attempt: request.attempt,
+              spec,
+              traceparent: traceparentOf(),
+              submittedAt: request.submittedAt,
+            },
           },
-        },
-      });
-      if (sent === undefined) {
-        session.running.delete(key);
-        throw new UnavailableError(`worker ${session.worker.id} disconnected`);
-      }
-      return session.worker.id;
-    });
+        });
+        if (sent === undefined) {
+          session.running.delete(key);
+          throw new UnavailableError(`worker ${session.worker.id} disconnected`);
+        }
+        return session.worker.id;
+      },
+    );
   }
 
   cancel(request: CancelAttemptRequest): void {
@@ -264,7 +287,11 @@ export class Coordinator {
         w.health = WorkerHealth.WORKER_HEALTH_UNHEALTHY;
         this.log.warn({ worker: w.id, silentMs }, "worker unhealthy");
         this.persist(session);
-      } else if (silentMs < this.options.unhealthyAfterMs && session.stream && w.health === WorkerHealth.WORKER_HEALTH_UNHEALTHY) {
+      } else if (
+        silentMs < this.options.unhealthyAfterMs &&
+        session.stream &&
+        w.health === WorkerHealth.WORKER_HEALTH_UNHEALTHY
+      ) {
         w.health = WorkerHealth.WORKER_HEALTH_HEALTHY;
         this.persist(session);
       }

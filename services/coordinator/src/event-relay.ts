@@ -38,7 +38,10 @@ export class EventRelay {
         });
       } catch (err) {
         if (this.closed) return;
-        this.log.warn({ err: (err as Error).message, pending: this.pending.length, backoffMs }, "reporting to job-manager failed; retrying");
+        this.log.warn(
+          { err: (err as Error).message, pending: this.pending.length, backoffMs },
+          "reporting to job-manager failed; retrying",
+        );
         await new Promise((r) => setTimeout(r, backoffMs));
         backoffMs = Math.min(backoffMs * 2, MAX_BACKOFF_MS);
       }

@@ -3,7 +3,12 @@ import { LabelRequirement_Operator as Op, NodeSelector } from "@aspen/proto";
 import { describeSelector, matchesSelector, pickLeastLoaded, type Candidate } from "./placement.js";
 
 const worker = (id: string, labels: Record<string, string>, capabilities: string[] = [], slots = 4, used = 0): Candidate => ({
-  id, labels, capabilities, groups: [], slots, used,
+  id,
+  labels,
+  capabilities,
+  groups: [],
+  slots,
+  used,
 });
 
 describe("node selector matching", () => {
@@ -16,7 +21,12 @@ describe("node selector matching", () => {
     ["label equality", sel({ matchLabels: { region: "eu" } }), true, false],
     ["capability", sel({ capabilities: ["database"] }), true, false],
     ["IN", sel({ requirements: [{ key: "region", operator: Op.OPERATOR_IN, values: ["us", "ap"] }] }), false, true],
-    ["NOT_IN (absent label passes)", sel({ requirements: [{ key: "tier", operator: Op.OPERATOR_NOT_IN, values: ["db"] }] }), false, true],
+    [
+      "NOT_IN (absent label passes)",
+      sel({ requirements: [{ key: "tier", operator: Op.OPERATOR_NOT_IN, values: ["db"] }] }),
+      false,
+      true,
+    ],
     ["EXISTS", sel({ requirements: [{ key: "tier", operator: Op.OPERATOR_EXISTS }] }), true, false],
     ["DOES_NOT_EXIST", sel({ requirements: [{ key: "tier", operator: Op.OPERATOR_DOES_NOT_EXIST }] }), false, true],
     ["specific worker", sel({ workerId: "web-1" }), false, true],
@@ -27,7 +37,9 @@ describe("node selector matching", () => {
   });
 
   it("describes a selector for people", () => {
-    expect(describeSelector(sel({ matchLabels: { region: "eu" }, capabilities: ["database"] }))).toBe("region=eu, capability=database");
+    expect(describeSelector(sel({ matchLabels: { region: "eu" }, capabilities: ["database"] }))).toBe(
+      "region=eu, capability=database",
+    );
     expect(describeSelector(undefined)).toBe("any worker");
   });
 });

@@ -21,5 +21,4 @@ export const JobManagerConfigSchema = z.object({
 
 export type JobManagerConfig = z.infer<typeof JobManagerConfigSchema>;
 
-export const loadJobManagerConfig = (source?: Record<string, string | undefined>) =>
-  loadConfig(JobManagerConfigSchema, source);
+export const loadJobManagerConfig = (source?: Record<string, string | undefined>) => loadConfig(JobManagerConfigSchema, source);

@@ -59,7 +59,7 @@ export class Dispatcher {
       if (id === undefined) break;
       this.inFlight++;
       const priority = this.priorityOf(id);
-      this.dispatchOne(id)
+      void this.dispatchOne(id)
         .catch((): DispatchOutcome => "unavailable")
         .then((outcome) => this.settle(id, priority, outcome))
         .finally(() => {

@@ -5,13 +5,32 @@
  */
 import { EventEmitter } from "node:events";
 import {
-  Job, JobState, type AttemptEvent, type AttemptResult, type CancelAttemptRequest, type ListJobsRequest,
-  type ListJobsResponse, type PlaceJobRequest, type SubmitJobRequest, type SubmitJobResponse,
+  Job,
+  JobState,
+  type AttemptEvent,
+  type AttemptResult,
+  type CancelAttemptRequest,
+  type ListJobsRequest,
+  type ListJobsResponse,
+  type PlaceJobRequest,
+  type SubmitJobRequest,
+  type SubmitJobResponse,
 } from "@aspen/proto";
 import {
-  activeTraceId, AlreadyExistsError, Attr, ConflictError, contextFromTraceparent, durationToMs,
-  FailedPreconditionError, InvalidArgumentError, NotFoundError, ResourceExhaustedError, Spans, traceparentOf,
-  withSpan, type Logger,
+  activeTraceId,
+  AlreadyExistsError,
+  Attr,
+  ConflictError,
+  contextFromTraceparent,
+  durationToMs,
+  FailedPreconditionError,
+  InvalidArgumentError,
+  NotFoundError,
+  ResourceExhaustedError,
+  Spans,
+  traceparentOf,
+  withSpan,
+  type Logger,
 } from "@aspen/runtime";
 import { isTerminal, JOB_ID, JOB_ID_MAX, newId, SCHEDULE_ID, stateName, validateJobSpec } from "@aspen/model";
 import type { Bucket, ObjectBucket, Versioned } from "@aspen/store";
@@ -186,7 +205,10 @@ export class JobManager {
           () => "",
           (err: unknown) => {
             const message = err instanceof Error ? err.message : String(err);
-            this.log.warn({ job: event.jobId, attempt: event.attempt, worker: event.workerId, reason: message }, "attempt event refused");
+            this.log.warn(
+              { job: event.jobId, attempt: event.attempt, worker: event.workerId, reason: message },
+              "attempt event refused",
+            );
             return message;
           },
         ),
@@ -198,7 +220,9 @@ export class JobManager {
     const actor = `agent:${event.workerId}`;
     const fence = (job: Job) => {
       if (job.attempt !== event.attempt) {
-        throw new FailedPreconditionError(`job ${job.id}: attempt ${event.attempt} is fenced (current attempt is ${job.attempt})`);
+        throw new FailedPreconditionError(
+          `job ${job.id}: attempt ${event.attempt} is fenced (current attempt is ${job.attempt})`,
+        );
       }
     };
     const e = event.event;
@@ -266,13 +290,17 @@ export class JobManager {
             });
           } catch (err) {
             const outcome: DispatchOutcome =
-              err instanceof FailedPreconditionError ? "no-match"
-              : err instanceof ResourceExhaustedError ? "no-capacity"
-              : "unavailable";
+              err instanceof FailedPreconditionError
+                ? "no-match"
+                : err instanceof ResourceExhaustedError
+                  ? "no-capacity"
+                  : "unavailable";
             const message = err instanceof Error ? err.message : String(err);
             if (outcome === "unavailable") this.log.warn({ job: id, err: message }, "placement failed; will retry");
             const reason = outcome === "no-capacity" ? `waiting for capacity: ${message}` : message;
-            await this.writeLocked(id, (j) => (j.reason === reason || j.state !== S.JOB_STATE_QUEUED ? undefined : { ...j, reason }));
+            await this.writeLocked(id, (j) =>
+              j.reason === reason || j.state !== S.JOB_STATE_QUEUED ? undefined : { ...j, reason },
+            );
             return outcome;
           }
           span.setAttribute(Attr.workerId, workerId);
@@ -332,7 +360,10 @@ function newestFirst(a: Job, b: Job): number {
 function outcome(result: AttemptResult, job: Job): [JobState, string] {
   if (result.cancelled) return [S.JOB_STATE_CANCELLED, `cancelled${result.signal ? ` (${result.signal})` : ""}`];
   if (result.timedOut) {
-    return [S.JOB_STATE_TIMED_OUT, `timed out after ${durationToMs(job.spec?.timeout) / 1000} s${result.signal ? ` (${result.signal})` : ""}`];
+    return [
+      S.JOB_STATE_TIMED_OUT,
+      `timed out after ${durationToMs(job.spec?.timeout) / 1000} s${result.signal ? ` (${result.signal})` : ""}`,
+    ];
   }
   if (result.error) return [S.JOB_STATE_FAILED, result.error];
   if (result.signal) return [S.JOB_STATE_FAILED, `killed by ${result.signal}`];

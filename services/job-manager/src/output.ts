@@ -23,11 +23,7 @@ export function headTail(text: string, limit: number): string {
   return `${bytes.subarray(0, half).toString()}\n… [${omitted} bytes omitted] …\n${bytes.subarray(bytes.length - half).toString()}`;
 }
 
-async function offloadStream(
-  output: Output | undefined,
-  name: string,
-  objects: ObjectBucket,
-): Promise<Output | undefined> {
+async function offloadStream(output: Output | undefined, name: string, objects: ObjectBucket): Promise<Output | undefined> {
   if (!output || Buffer.byteLength(output.text) <= RECORD_INLINE_BYTES) return output;
   await objects.put(name, Buffer.from(output.text));
   return { ...output, text: headTail(output.text, RECORD_INLINE_BYTES), truncated: true, objectName: name };
@@ -40,7 +36,13 @@ export async function offloadLargeOutput(
   objects: ObjectBucket,
 ): Promise<AttemptResult> {
   const r: AttemptResult = result ?? {
-    exitCode: -1, signal: "", timedOut: false, cancelled: false, error: "agent sent no result", peakRssBytes: 0, pid: 0,
+    exitCode: -1,
+    signal: "",
+    timedOut: false,
+    cancelled: false,
+    error: "agent sent no result",
+    peakRssBytes: 0,
+    pid: 0,
   };
   const [stdout, stderr] = await Promise.all([
     offloadStream(r.stdout, objectName(jobId, attempt, "stdout"), objects),

@@ -25,14 +25,17 @@ function firesAfter(s: ScheduleSpec, afterMs: number, n: number, createdAtMs = a
 describe("cron fire times", () => {
   it("6-field every 2 seconds, strictly after the given instant", () => {
     expect(firesAfter(cron("*/2 * * * * *"), T0, 3)).toEqual([
-      "2026-03-01T00:00:02.000Z", "2026-03-01T00:00:04.000Z", "2026-03-01T00:00:06.000Z",
+      "2026-03-01T00:00:02.000Z",
+      "2026-03-01T00:00:04.000Z",
+      "2026-03-01T00:00:06.000Z",
     ]);
     expect(firesAfter(cron("*/2 * * * * *"), T0 + 1500, 1)).toEqual(["2026-03-01T00:00:02.000Z"]);
   });
 
   it("5-field daily at 02:00 in a time zone", () => {
     expect(firesAfter(cron("0 2 * * *", "Europe/Paris"), T0, 2)).toEqual([
-      "2026-03-01T01:00:00.000Z", "2026-03-02T01:00:00.000Z",
+      "2026-03-01T01:00:00.000Z",
+      "2026-03-02T01:00:00.000Z",
     ]);
   });
 
@@ -73,9 +76,9 @@ describe("once and interval", () => {
     expect(firesAfter(phased, T0 + 4_000, 2)).toEqual([iso(T0 + 13_000), iso(T0 + 23_000)]);
     const fromCreation = spec({ kind: { $case: "interval", value: { every } } });
     expect(firesAfter(fromCreation, T0 + 1, 2, T0)).toEqual([iso(T0 + 10_000), iso(T0 + 20_000)]);
-    expect(() => validateScheduleSpec(spec({ kind: { $case: "interval", value: { every: { seconds: 0, nanos: 1 } } } }), T0)).toThrow(
-      /spec\.interval\.every/,
-    );
+    expect(() =>
+      validateScheduleSpec(spec({ kind: { $case: "interval", value: { every: { seconds: 0, nanos: 1 } } } }), T0),
+    ).toThrow(/spec\.interval\.every/);
   });
 });
 

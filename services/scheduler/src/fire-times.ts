@@ -4,9 +4,7 @@
  * clock is read here; callers pass every instant in.
  */
 import { Cron } from "croner";
-import {
-  CatchUpPolicy, ConflictPolicy, DstPolicy_Ambiguous, DstPolicy_Nonexistent, type ScheduleSpec,
-} from "@aspen/proto";
+import { CatchUpPolicy, ConflictPolicy, DstPolicy_Ambiguous, DstPolicy_Nonexistent, type ScheduleSpec } from "@aspen/proto";
 import { durationToMs, InvalidArgumentError, UnimplementedError } from "@aspen/runtime";
 
 /** Shortest interval accepted, ms. */
@@ -47,7 +45,11 @@ function compileCron(field: string, expression: string, timeZone: string): Cron 
  * Throws InvalidArgumentError / UnimplementedError naming the first bad field.
  * `nowMs` only decides whether a cron expression can still fire.
  */
-export function validateScheduleSpec(spec: ScheduleSpec | undefined, nowMs: number, field = "spec"): asserts spec is ScheduleSpec {
+export function validateScheduleSpec(
+  spec: ScheduleSpec | undefined,
+  nowMs: number,
+  field = "spec",
+): asserts spec is ScheduleSpec {
   if (!spec) throw new InvalidArgumentError(field, "required");
   const kind = spec.kind;
   if (!kind) throw new InvalidArgumentError(`${field}.kind`, "set one of cron, once, interval");
@@ -67,11 +69,15 @@ export function validateScheduleSpec(spec: ScheduleSpec | undefined, nowMs: numb
       break;
     case "interval": {
       const every = durationToMs(kind.value.every);
-      if (every < MIN_INTERVAL_MS) throw new InvalidArgumentError(`${field}.interval.every`, `must be at least ${MIN_INTERVAL_MS} ms`);
+      if (every < MIN_INTERVAL_MS)
+        throw new InvalidArgumentError(`${field}.interval.every`, `must be at least ${MIN_INTERVAL_MS} ms`);
       break;
     }
     default:
-      throw new UnimplementedError(`${field}.${snake(kind.$case)}`, "this schedule kind is not implemented yet (cron, once, interval are)");
+      throw new UnimplementedError(
+        `${field}.${snake(kind.$case)}`,
+        "this schedule kind is not implemented yet (cron, once, interval are)",
+      );
   }
   if (spec.startAt && spec.endAt && spec.endAt.getTime() < spec.startAt.getTime()) {
     throw new InvalidArgumentError(`${field}.end_at`, "must not be before start_at");
@@ -88,8 +94,10 @@ export function validateScheduleSpec(spec: ScheduleSpec | undefined, nowMs: numb
   const dst = spec.dst;
   if (dst) {
     // croner's behaviour is our default: a skipped local time runs at the next valid instant, a repeated one once.
-    if (dst.nonexistent === DstPolicy_Nonexistent.NONEXISTENT_SKIP) throw new UnimplementedError(`${field}.dst.nonexistent`, "SKIP is not implemented yet");
-    if (dst.ambiguous === DstPolicy_Ambiguous.AMBIGUOUS_BOTH) throw new UnimplementedError(`${field}.dst.ambiguous`, "BOTH is not implemented yet");
+    if (dst.nonexistent === DstPolicy_Nonexistent.NONEXISTENT_SKIP)
+      throw new UnimplementedError(`${field}.dst.nonexistent`, "SKIP is not implemented yet");
+    if (dst.ambiguous === DstPolicy_Ambiguous.AMBIGUOUS_BOTH)
+      throw new UnimplementedError(`${field}.dst.ambiguous`, "BOTH is not implemented yet");
   }
 }
 

@@ -7,12 +7,28 @@
  * same id again: the job-manager's create-if-absent makes it one job.
  */
 import {
-  Schedule, type CreateScheduleRequest, type ListSchedulesRequest, type ListSchedulesResponse,
-  type PreviewScheduleRequest, type PreviewScheduleResponse, type SubmitJobRequest, type SubmitJobResponse,
+  Schedule,
+  type CreateScheduleRequest,
+  type ListSchedulesRequest,
+  type ListSchedulesResponse,
+  type PreviewScheduleRequest,
+  type PreviewScheduleResponse,
+  type SubmitJobRequest,
+  type SubmitJobResponse,
 } from "@aspen/proto";
 import {
-  AlreadyExistsError, Attr, InvalidArgumentError, isRetryable, msToDuration, NotFoundError, ResourceExhaustedError,
-  Spans, trace, withSpan, context, type Logger,
+  AlreadyExistsError,
+  Attr,
+  InvalidArgumentError,
+  isRetryable,
+  msToDuration,
+  NotFoundError,
+  ResourceExhaustedError,
+  Spans,
+  trace,
+  withSpan,
+  context,
+  type Logger,
 } from "@aspen/runtime";
 import { fireJobId, newId, SCHEDULE_ID, validateJobSpec } from "@aspen/model";
 import type { Bucket, Versioned } from "@aspen/store";
@@ -64,14 +80,20 @@ export class Scheduler {
         rule = compileRule(s.spec, { createdAtMs: s.createdAt?.getTime() ?? now });
       } catch (err) {
         // A stored schedule this version cannot read is reported, never silently dropped or fired blind.
-        this.log.error({ schedule: s.id, err: (err as Error).message }, "stored schedule is not valid for this version; not armed");
+        this.log.error(
+          { schedule: s.id, err: (err as Error).message },
+          "stored schedule is not valid for this version; not armed",
+        );
         continue;
       }
       this.schedules.set(s.id, { record, rule });
       if (s.paused) continue;
       const firingAt = s.status?.firingAt;
       if (firingAt) {
-        this.log.warn({ schedule: s.id, nominal: firingAt.toISOString() }, "resuming a fire interrupted before it was recorded as submitted");
+        this.log.warn(
+          { schedule: s.id, nominal: firingAt.toISOString() },
+          "resuming a fire interrupted before it was recorded as submitted",
+        );
         this.track(this.fire(s.id, firingAt.getTime()));
       } else {
         this.track(this.catchUpAndArm(s.id, now));
@@ -289,7 +311,11 @@ export class Scheduler {
       const status = { ...emptyStatus(), ...rec.status };
       return {
         ...rec,
-        status: { ...status, missedCount: status.missedCount + missed, nextFireAt: next === undefined ? undefined : new Date(next) },
+        status: {
+          ...status,
+          missedCount: status.missedCount + missed,
+          nextFireAt: next === undefined ? undefined : new Date(next),
+        },
       };
     }).catch((err: unknown) => this.log.error({ schedule: id, err: (err as Error).message }, "could not save schedule status"));
     if (missed > 0) this.log.warn({ schedule: id, missed }, "fires missed while not running (catch-up: skip)");

@@ -16,7 +16,10 @@ describe("timer queue", () => {
     q.arm("b", 2_000);
     expect(vi.getTimerCount()).toBe(1);
     vi.advanceTimersByTime(2_500);
-    expect(fired).toEqual([["a", 1_000, 1_000], ["b", 2_000, 2_000]]);
+    expect(fired).toEqual([
+      ["a", 1_000, 1_000],
+      ["b", 2_000, 2_000],
+    ]);
     vi.advanceTimersByTime(10_000);
     expect(fired.map((f) => f[0])).toEqual(["a", "b", "c"]);
     expect(vi.getTimerCount()).toBe(0);
