@@ -42,5 +42,5 @@ export {
   type GrpcServerOptions,
   type ServiceBinding,
 } from "./grpc.js";
-export { closeOnSignals, runMain, type Closable } from "./lifecycle.js";
+export { closeInOrder, closeOnSignals, runMain, type Closable } from "./lifecycle.js";
 export { durationToMs, msToDuration, parseDurationMs } from "./time.js";

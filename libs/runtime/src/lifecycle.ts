@@ -51,3 +51,17 @@ export async function runMain(log: Logger, main: () => Promise<Closable>): Promi
     setTimeout(() => process.exit(1), 100).unref();
   }
 }
+
+/**
+ * Runs shutdown steps in order, each guarded: a step that fails is logged and
+ * the next still runs, so one stuck dependency does not leak the others.
+ */
+export async function closeInOrder(log: Logger, steps: Array<[name: string, step: () => unknown]>): Promise<void> {
+  for (const [name, step] of steps) {
+    try {
+      await step();
+    } catch (err) {
+      log.error({ err, step: name }, "shutdown step failed");
+    }
+  }
+}

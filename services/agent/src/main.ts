@@ -1,5 +1,5 @@
 /** Agent process: wires config, logging, telemetry, the health endpoint and the coordinator session. */
-import { createLogger, GrpcServer, runMain, startTelemetry } from "@aspen/runtime";
+import { closeInOrder, createLogger, GrpcServer, runMain, startTelemetry } from "@aspen/runtime";
 import { Agent } from "./agent.js";
 import { loadAgentConfig } from "./config.js";
 
@@ -32,10 +32,11 @@ await runMain(log, async () => {
   agent.start();
   log.info({ healthPort: port, worker: config.ASPEN_WORKER_ID, slots: config.ASPEN_SLOTS }, "agent ready");
   return {
-    async close() {
-      await agent.close(config.ASPEN_DRAIN_TIMEOUT);
-      await health.close(1_000);
-      await telemetry.shutdown();
-    },
+    close: () =>
+      closeInOrder(log, [
+        ["agent", () => agent.close(config.ASPEN_DRAIN_TIMEOUT)],
+        ["health server", () => health.close(1_000)],
+        ["telemetry", () => telemetry.shutdown()],
+      ]),
   };
 });

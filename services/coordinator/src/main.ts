@@ -1,6 +1,6 @@
 /** Coordinator process: wires config, logging, telemetry, NATS and the gRPC server. */
 import { JobServiceClient, Worker } from "@aspen/proto";
-import { createClient, createLogger, GrpcServer, runMain, startTelemetry, unaryCall } from "@aspen/runtime";
+import { closeInOrder, createClient, createLogger, GrpcServer, runMain, startTelemetry, unaryCall } from "@aspen/runtime";
 import { Store } from "@aspen/store";
 import { loadCoordinatorConfig } from "./config.js";
 import { Coordinator } from "./coordinator.js";
@@ -38,13 +38,14 @@ await runMain(log, async () => {
   const port = await server.start();
   log.info({ port }, "coordinator ready");
   return {
-    async close() {
-      // Agents' streams are long-lived: end them, then stop the server.
-      await coordinator.close();
-      await server.close(2_000);
-      jobManager.close();
-      await store.close();
-      await telemetry.shutdown();
-    },
+    // Agents' streams are long-lived: end them first, then stop the server.
+    close: () =>
+      closeInOrder(log, [
+        ["agent sessions", () => coordinator.close()],
+        ["grpc server", () => server.close(2_000)],
+        ["job-manager client", () => jobManager.close()],
+        ["nats", () => store.close()],
+        ["telemetry", () => telemetry.shutdown()],
+      ]),
   };
 });

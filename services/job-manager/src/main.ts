@@ -1,6 +1,6 @@
 /** Job-manager process: wires config, logging, telemetry, NATS and the gRPC server. */
 import { CoordinatorServiceClient, Job } from "@aspen/proto";
-import { createClient, createLogger, GrpcServer, runMain, startTelemetry, unaryCall } from "@aspen/runtime";
+import { closeInOrder, createClient, createLogger, GrpcServer, runMain, startTelemetry, unaryCall } from "@aspen/runtime";
 import { Store } from "@aspen/store";
 import { loadJobManagerConfig } from "./config.js";
 import { JobManager, type Placer } from "./job-manager.js";
@@ -43,12 +43,13 @@ await runMain(log, async () => {
   const port = await server.start();
   log.info({ port }, "job-manager ready");
   return {
-    async close() {
-      await server.close();
-      await jobs.close();
-      coordinator.close();
-      await store.close();
-      await telemetry.shutdown();
-    },
+    close: () =>
+      closeInOrder(log, [
+        ["grpc server", () => server.close()],
+        ["dispatcher", () => jobs.close()],
+        ["coordinator client", () => coordinator.close()],
+        ["nats", () => store.close()],
+        ["telemetry", () => telemetry.shutdown()],
+      ]),
   };
 });

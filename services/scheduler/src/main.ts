@@ -1,6 +1,6 @@
 /** Scheduler process: wires config, logging, telemetry, NATS and the gRPC server. */
 import { JobServiceClient, Schedule } from "@aspen/proto";
-import { createClient, createLogger, GrpcServer, runMain, startTelemetry, unaryCall } from "@aspen/runtime";
+import { closeInOrder, createClient, createLogger, GrpcServer, runMain, startTelemetry, unaryCall } from "@aspen/runtime";
 import { Store } from "@aspen/store";
 import { loadSchedulerConfig } from "./config.js";
 import { Scheduler } from "./scheduler.js";
@@ -35,12 +35,13 @@ await runMain(log, async () => {
   const port = await server.start();
   log.info({ port }, "scheduler ready");
   return {
-    async close() {
-      await server.close();
-      await scheduler.close();
-      jobManager.close();
-      await store.close();
-      await telemetry.shutdown();
-    },
+    close: () =>
+      closeInOrder(log, [
+        ["grpc server", () => server.close()],
+        ["timers", () => scheduler.close()],
+        ["job-manager client", () => jobManager.close()],
+        ["nats", () => store.close()],
+        ["telemetry", () => telemetry.shutdown()],
+      ]),
   };
 });
