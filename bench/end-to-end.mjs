@@ -100,13 +100,17 @@ function summary(values) {
 const fmtMs = (v) => (Number.isNaN(v) ? "n/a" : v >= 100 ? `${Math.round(v)} ms` : `${v.toFixed(1)} ms`);
 const fmtRate = (v) => `${Math.round(v)} jobs/s`;
 
-/** CPU seconds (user + system) a Linux process has used so far; undefined elsewhere or once it is gone. */
+/**
+ * CPU seconds (user + system) a Linux process has used so far: its own, and that of its
+ * children it has reaped (for an agent: the jobs). Undefined elsewhere or once it is gone.
+ */
 function cpuSeconds(pid) {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    // After "(comm) ": state is field 3 → index 0, utime is field 14 → index 11, stime 15 → 12.
-    return (Number(fields[11]) + Number(fields[12])) / 100; // USER_HZ is 100 on Linux
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    // After "(comm) ": state (field 3) is f[0]; utime, stime, cutime, cstime (fields 14-17) are f[11..14].
+    // USER_HZ is 100 on Linux.
+    return { self: (Number(f[11]) + Number(f[12])) / 100, children: (Number(f[13]) + Number(f[14])) / 100 };
   } catch {
     return undefined;
   }
@@ -185,11 +189,23 @@ for (const signal of ["SIGINT", "SIGTERM"]) {
 // together and Node's own start-up is not counted), runs its loop and reports its own
 // start and end (epoch ms). Plain `spawn(cmd)`: default stdio (pipes), done on 'close'.
 const CEILING_CHILD = `
-import { execFileSync, spawn } from "node:child_process";
+import { spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
 const total = Number(process.env.CEIL_JOBS), concurrency = Number(process.env.CEIL_CONCURRENCY), command = process.env.CEIL_COMMAND;
 const now = () => performance.timeOrigin + performance.now();
+// CPU seconds of this process and of the children it reaped (Linux; 0 elsewhere).
+const cpu = () => {
+  try {
+    const s = readFileSync("/proc/self/stat", "utf8");
+    const f = s.slice(s.lastIndexOf(")") + 2).split(" ");
+    return (Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])) / 100;
+  } catch {
+    return 0;
+  }
+};
 process.once("message", () => {
   const start = now();
+  const cpuStart = cpu();
   let launched = 0, finished = 0, failed = 0;
   const launch = () => {
     while (launched - finished < concurrency && launched < total) {
@@ -201,14 +217,14 @@ process.once("message", () => {
         settled = true;
         if (!ok) failed++;
         finished++;
-        if (finished === total) process.send({ start, end: now(), jobs: total, failed }, () => process.disconnect());
+        if (finished === total) process.send({ start, end: now(), jobs: total, failed, cpu: cpu() - cpuStart }, () => process.disconnect());
         else launch();
       };
       child.once("error", () => done(false));
       child.once("close", (code) => done(code === 0));
     }
   };
-  if (total === 0) process.send({ start, end: start, jobs: 0, failed: 0 }, () => process.disconnect());
+  if (total === 0) process.send({ start, end: start, jobs: 0, failed: 0, cpu: 0 }, () => process.disconnect());
   else launch();
 });
 process.send("ready");
@@ -260,8 +276,17 @@ async function measureCeiling(label) {
     ]).finally(() => clearTimeout(timer));
     const machineAfter = machineCpu();
     await Promise.all(exited);
+    // Share of the machine's CPU busy during the run, and the part of it not spent by the
+    // two loops and their /bin/true children: other load (kernel threads, other processes).
+    const ours = reports.reduce((sum, r) => sum + r.cpu, 0);
     const busy =
-      machineBefore && machineAfter ? (machineAfter.busy - machineBefore.busy) / (machineAfter.total - machineBefore.total) : undefined;
+      machineBefore && machineAfter
+        ? (machineAfter.busy - machineBefore.busy) / (machineAfter.total - machineBefore.total)
+        : undefined;
+    const other =
+      machineBefore && machineAfter
+        ? Math.max(0, machineAfter.busy - machineBefore.busy - ours) / (machineAfter.total - machineBefore.total)
+        : undefined;
     const start = Math.min(...reports.map((r) => r.start));
     const end = Math.max(...reports.map((r) => r.end));
     const failed = reports.reduce((sum, r) => sum + r.failed, 0);
@@ -269,10 +294,11 @@ async function measureCeiling(label) {
     const rate = (JOBS / wallMs) * 1000;
     log(
       `ceiling ${label}: ${fmtRate(rate)} (${JOBS} × ${COMMAND} in ${(wallMs / 1000).toFixed(2)} s` +
-        `${failed ? `, ${failed} FAILED` : ""}${busy === undefined ? "" : `; machine CPU ${Math.round(busy * 100)}% busy`})`,
+        `${failed ? `, ${failed} FAILED` : ""}` +
+        `${busy === undefined ? "" : `; machine ${Math.round(busy * 100)}% busy, ${Math.round(other * 100)}% of it not this run`})`,
     );
     if (failed > 0) throw new Error(`ceiling run (${label}): ${failed} of ${JOBS} spawns of ${COMMAND} failed`);
-    return { rate, wallMs, failed, busy };
+    return { rate, wallMs, failed, busy, other, cpuPerJobMs: (ours * 1000) / JOBS };
   } finally {
     killAll();
     cleanups.splice(cleanups.indexOf(killAll), 1);
@@ -444,6 +470,11 @@ async function fetchAllJobs(jobs) {
   return out;
 }
 
+function describeCeiling(c) {
+  const load = c.other === undefined ? "" : `; other load on the machine meanwhile: ${Math.round(c.other * 100)}% of all cores`;
+  return `${(c.wallMs / 1000).toFixed(2)} s${load}`;
+}
+
 /** Warn/error lines each service logged, grouped by message. */
 function logReport(services) {
   const lines = [];
@@ -504,6 +535,7 @@ async function main() {
   log("starting nats-server, job-manager, coordinator and 2 agents");
   const clusterStart = performance.now();
   const cluster = await startCluster(workDir);
+  activeCluster = cluster;
   log(`cluster ready in ${((performance.now() - clusterStart) / 1000).toFixed(1)} s`);
 
   if (WARMUP > 0) {
@@ -522,6 +554,7 @@ async function main() {
   };
   const cpuBefore = Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, pid ? cpuSeconds(pid) : undefined]));
   const benchCpuBefore = process.cpuUsage();
+  const machineBefore = machineCpu();
 
   log(`submitting ${JOBS} jobs`);
   const runStart = performance.now();
@@ -536,10 +569,12 @@ async function main() {
 
   const cpuAfter = Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, pid ? cpuSeconds(pid) : undefined]));
   const benchCpu = process.cpuUsage(benchCpuBefore);
+  const machineAfter = machineCpu();
 
   const records = await fetchAllJobs(cluster.jobs);
   const logLines = logReport(cluster.services); // before stop: shutdown noise is reported separately below
   log("stopping the cluster");
+  activeCluster = undefined;
   await cluster.stop();
   const stopProblems = cluster.services.filter((s) => s.stopProblem).map((s) => `  ${s.name}: ${s.stopProblem}`);
 
@@ -589,13 +624,40 @@ async function main() {
   const others = [...states].filter(([s]) => s !== S.JOB_STATE_SUCCEEDED);
   const allOk = failures.length === 0 && missing.length === 0 && succeeded === JOBS;
 
+  // CPU seconds over the run (first submit → all terminal) and as % of one core.
+  const pct = (seconds) => `${Math.round((seconds * 1000 * 100) / waitDoneMs)}%`;
+  let accounted = 0;
   const cpuLines = Object.keys(pids).map((k) => {
-    const used = cpuBefore[k] !== undefined && cpuAfter[k] !== undefined ? cpuAfter[k] - cpuBefore[k] : undefined;
-    return used === undefined ? `${k} n/a` : `${k} ${used.toFixed(2)} s (${Math.round((used * 1000 * 100) / waitDoneMs)}%)`;
+    const [a, b] = [cpuBefore[k], cpuAfter[k]];
+    if (!a || !b) return `${k} n/a`;
+    const self = b.self - a.self;
+    const children = b.children - a.children;
+    accounted += self + children;
+    return (
+      `${k} ${self.toFixed(2)} s (${pct(self)})` + (children > 0 ? ` + its jobs ${children.toFixed(2)} s (${pct(children)})` : "")
+    );
   });
-  cpuLines.push(
-    `bench client ${((benchCpu.user + benchCpu.system) / 1e6).toFixed(2)} s (${Math.round((benchCpu.user + benchCpu.system) / 10 / waitDoneMs)}%)`,
-  );
+  const benchSeconds = (benchCpu.user + benchCpu.system) / 1e6;
+  const clusterCpuPerJobMs = (accounted * 1000) / submitted.length;
+  accounted += benchSeconds;
+  cpuLines.push(`bench client ${benchSeconds.toFixed(2)} s (${pct(benchSeconds)})`);
+  if (machineBefore && machineAfter) {
+    const busy = machineAfter.busy - machineBefore.busy;
+    const cores = cpuList.length;
+    cpuLines.push(
+      `whole machine ${busy.toFixed(2)} s busy of ${(machineAfter.total - machineBefore.total).toFixed(2)} s ` +
+        `(${Math.round((100 * busy) / (machineAfter.total - machineBefore.total))}% of ${cores} cores; ` +
+        `${Math.max(0, busy - accounted).toFixed(2)} s not in the counters above: kernel threads, processes that came and went, other load)`,
+    );
+  }
+
+  // Other work on the machine skews every figure here; say so when there was much of it. Only the
+  // ceiling runs tell it reliably: during the Aspen run a quarter of the busy time is not found in
+  // the per-process counters even on a quiet machine (kernel work, processes that came and went).
+  const noisy = [
+    ceilingBefore?.other > 0.15 ? `${Math.round(ceilingBefore.other * 100)}% during the ceiling before` : "",
+    ceilingAfter.other > 0.15 ? `${Math.round(ceilingAfter.other * 100)}% during the ceiling after` : "",
+  ].filter(Boolean);
 
   const out = [
     "",
@@ -608,9 +670,9 @@ async function main() {
     `end-to-end:     ${fmtRate(e2eRate)}   (${submitted.length} jobs, first submit → last finish ${(windowMs / 1000).toFixed(2)} s)`,
     `submit→start:   p50 ${fmtMs(start.p50)}   p99 ${fmtMs(start.p99)}   max ${fmtMs(start.max)}`,
     `submit→finish:  p50 ${fmtMs(finish.p50)}   p99 ${fmtMs(finish.p99)}   max ${fmtMs(finish.max)}`,
-    `ceiling (raw spawn, ${AGENTS}×${SLOTS}): ${fmtRate(ceilingAfter.rate)}   (after the run, cluster stopped; ${(ceilingAfter.wallMs / 1000).toFixed(2)} s)` +
+    `ceiling (raw spawn, ${AGENTS}×${SLOTS}): ${fmtRate(ceilingAfter.rate)}   (after the run, cluster stopped; ${describeCeiling(ceilingAfter)})` +
       (ceilingBefore
-        ? `\n                ${fmtRate(ceilingBefore.rate)}   (before the cluster started; ${(ceilingBefore.wallMs / 1000).toFixed(2)} s)`
+        ? `\n                ${fmtRate(ceilingBefore.rate)}   (before the cluster started; ${describeCeiling(ceilingBefore)})`
         : ""),
     `ratio:          ${ratio.toFixed(2)}   target ≥ ${TARGET_RATIO} → ${ratio >= TARGET_RATIO ? "met" : "NOT met"}` +
       (ceilingBefore ? `   (against the ceiling before: ${(e2eRate / ceilingBefore.rate).toFixed(2)})` : ""),
@@ -627,11 +689,21 @@ async function main() {
     `  start→finish    p50 ${fmtMs(exec.p50)}   p99 ${fmtMs(exec.p99)}   (the process itself, as the agent saw it)`,
     `  SubmitJob RPC   p50 ${fmtMs(rpc.p50)}   p99 ${fmtMs(rpc.p99)}   (client side, ${IN_FLIGHT} in flight)`,
     `  submission:     ${submitted.length} in ${(submitDoneMs / 1000).toFixed(2)} s = ${fmtRate((submitted.length / submitDoneMs) * 1000)}; last start ${((lastStart - firstSubmit) / 1000).toFixed(2)} s after the first submit`,
-    `  CPU during the run (${(waitDoneMs / 1000).toFixed(1)} s; % of one core): ${cpuLines.join(", ")}`,
+    `  CPU during the run (${(waitDoneMs / 1000).toFixed(1)} s; % of one core):`,
+    ...cpuLines.map((l) => `    ${l}`),
+    `  CPU per job:    Aspen ${clusterCpuPerJobMs.toFixed(2)} ms (services, NATS and the jobs themselves; not the bench client)` +
+      ` vs raw spawn ${ceilingAfter.cpuPerJobMs.toFixed(2)} ms (loop and /bin/true)`,
     "",
     "service logs (warn and above, during the run):",
     ...logLines,
     ...(stopProblems.length ? ["problems stopping services:", ...stopProblems] : []),
+    ...(noisy.length
+      ? [
+          "",
+          `WARNING: the machine was busy with other work (share of all cores not used by this benchmark: ${noisy.join(", ")});` +
+            " the figures are skewed; rerun on a quiet machine.",
+        ]
+      : []),
     "",
   ];
   console.log(out.join("\n"));
@@ -641,10 +713,34 @@ async function main() {
   }
 }
 
+/** On failure while the cluster runs: where the jobs are, and what the services logged. */
+async function diagnose(cluster) {
+  try {
+    const records = await Promise.race([
+      fetchAllJobs(cluster.jobs),
+      new Promise((resolve) => setTimeout(resolve, 15_000).unref()),
+    ]);
+    if (records) {
+      const counts = new Map();
+      for (const job of records.values()) counts.set(stateName(job.state), (counts.get(stateName(job.state)) ?? 0) + 1);
+      console.error(`jobs by state: ${[...counts].map(([k, n]) => `${k} ${n}`).join(", ")}`);
+      const stuck = [...records.values()].filter((j) => NON_TERMINAL.includes(j.state)).slice(0, 3);
+      for (const job of stuck) console.error(`  e.g. ${job.id} ${stateName(job.state)} on ${job.workerId || "-"}: ${job.reason}`);
+    } else {
+      console.error("jobs by state: ListJobs did not answer within 15 s");
+    }
+  } catch (err) {
+    console.error(`jobs by state: ListJobs failed: ${err instanceof Error ? err.message : String(err)}`);
+  }
+  console.error(["service logs (warn and above):", ...logReport(cluster.services)].join("\n"));
+}
+
+let activeCluster;
 try {
   await main();
 } catch (err) {
   console.error(`benchmark failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
+  if (activeCluster) await diagnose(activeCluster);
   process.exitCode = 1;
 } finally {
   await cleanUp();

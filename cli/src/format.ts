@@ -4,7 +4,7 @@
  * InvalidArgumentError, which commander reports as a usage error).
  */
 import { InvalidArgumentError } from "commander";
-import type { Job, ScheduleSpec } from "@aspen/proto";
+import { Priority, type Job, type ScheduleSpec } from "@aspen/proto";
 import { durationToMs, parseDurationMs } from "@aspen/runtime";
 
 /** Rows under a header, columns padded to their widest cell and separated by two spaces. */
@@ -25,6 +25,11 @@ export function table(header: string[], rows: string[][]): string {
 export function fields(entries: [string, string][]): string {
   const width = Math.max(...entries.map(([key]) => key.length)) + 1;
   return entries.map(([key, value]) => `${`${key}:`.padEnd(width)}  ${value}`).join("\n");
+}
+
+/** A protobuf-JSON value (from `Message.toJSON`) as indented JSON text. */
+export function json(value: unknown): string {
+  return JSON.stringify(value, null, 2);
 }
 
 /** UTC ISO 8601 to the second ("2025-01-02T03:04:05Z"); "-" when unset. */
@@ -57,6 +62,11 @@ export function ago(at: Date | undefined, nowMs: number): string {
 /** An enum value's name without its prefix: shortName(WorkerHealth, 1, "WORKER_HEALTH_") → "HEALTHY". */
 export function shortName(enumObject: Record<number, string>, value: number, prefix: string): string {
   return (enumObject[value] ?? String(value)).replace(prefix, "");
+}
+
+/** "HIGH" for PRIORITY_HIGH; "-" when unspecified (the service treats it as NORMAL). */
+export function priorityName(priority: Priority): string {
+  return priority === Priority.PRIORITY_UNSPECIFIED ? "-" : shortName(Priority, priority, "PRIORITY_");
 }
 
 /** "k=v,k2=v2" in key order; "-" when empty. */
@@ -129,13 +139,10 @@ export function parseCount(text: string): number {
 
 /** An ISO 8601 instant; one without a zone offset is read as UTC. */
 export function parseInstant(text: string): Date {
-  const zoned = /(Z|[+-]\d{2}:?\d{2})$/i.test(text) || !text.includes("T") ? text : `${text}Z`;
+  const hasTime = /[T ]\d{2}:/i.test(text);
+  const hasZone = /(Z|[+-]\d{2}:?\d{2})$/i.test(text);
+  const zoned = hasTime && !hasZone ? `${text}Z` : text;
   const at = new Date(zoned);
   if (Number.isNaN(at.getTime())) throw new InvalidArgumentError("expected an ISO 8601 instant such as 2030-01-01T09:00:00Z");
   return at;
-}
-
-/** A protobuf-JSON value (from `Message.toJSON`) as indented JSON text. */
-export function json(value: unknown): string {
-  return JSON.stringify(value, null, 2);
 }

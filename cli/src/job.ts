@@ -13,7 +13,7 @@ import {
   type JobTransition,
   type Output,
 } from "@aspen/proto";
-import { AspenError, fromServiceError, isServiceError, msToDuration, unaryCall } from "@aspen/runtime";
+import { AspenError, durationToMs, fromServiceError, isServiceError, msToDuration, unaryCall } from "@aspen/runtime";
 import { isTerminal, parseState, stateName } from "@aspen/model";
 import type { Clients } from "./clients.js";
 import {
@@ -28,6 +28,7 @@ import {
   json,
   parseCount,
   parseDuration,
+  priorityName,
   shellJoin,
   table,
 } from "./format.js";
@@ -86,14 +87,15 @@ async function follow(client: JobServiceClient, jobId: string, onJob: (job: Job)
   } catch (err) {
     throw isServiceError(err) ? fromServiceError(err) : err;
   }
-  if (!last || !isTerminal(last.state))
+  if (!last || !isTerminal(last.state)) {
     throw new AspenError(status.UNAVAILABLE, `watch of job ${jobId} ended before it finished`);
+  }
   return last;
 }
 
-/** A captured stream under a "--- stdout ---" heading, noting when the text is not all of it. */
+/** A captured stream under a "--- stdout ---" heading, noting when the text is not all of it; "" when empty. */
 function outputSection(name: string, output: Output | undefined): string {
-  if (!output) return "";
+  if (!output || (output.text === "" && !output.truncated)) return "";
   const note = output.truncated
     ? ` (truncated; ${output.totalBytes} bytes in all${output.objectName ? `, stored as ${output.objectName}` : ""})`
     : "";
@@ -109,6 +111,8 @@ function describeJob(job: Job, nowMs: number): string {
     ["state", stateName(job.state)],
     ["reason", job.reason || "-"],
     ["command", shellJoin([job.spec?.exec?.command ?? "", ...(job.spec?.exec?.args ?? [])])],
+    ["priority", priorityName(job.spec?.priority ?? Priority.PRIORITY_UNSPECIFIED)],
+    ["timeout", job.spec?.timeout ? formatDuration(durationToMs(job.spec.timeout)) : "-"],
     ["attempt", String(job.attempt)],
     ["worker", job.workerId || "-"],
     ["schedule", job.scheduleId || "-"],
@@ -153,15 +157,25 @@ export function registerJobCommands(program: Command, clients: Clients): void {
       const request = SubmitJobRequest.fromPartial({ jobId: opts.id ?? "", spec: jobSpecFrom(argv, opts) });
       const res = await unaryCall(c.submitJob.bind(c), request);
       const id = res.job?.id ?? "";
-      if (opts.json && !opts.wait) return console.log(json(SubmitJobResponse.toJSON(res)));
+      if (opts.json && !opts.wait) {
+        console.log(json(SubmitJobResponse.toJSON(res)));
+        return;
+      }
       if (!opts.json) console.log(`${id}${res.created ? "" : " (already existed)"}`);
       if (!opts.wait) return;
       const done = await follow(c, id, () => {});
       if (done.state !== JobState.JOB_STATE_SUCCEEDED) process.exitCode = 1;
-      if (opts.json) return console.log(json(Job.toJSON(done)));
+      if (opts.json) {
+        console.log(json(Job.toJSON(done)));
+        return;
+      }
+      // "SUCCEEDED (exit 0, 12ms)", "TIMED_OUT (exit SIGTERM, 1s): timed out after 1 s (SIGTERM)".
+      const exit = exitSummary(done);
       const duration = jobDurationMs(done, Date.now());
-      const took = duration === undefined ? "" : ` after ${formatDuration(duration)}`;
-      console.log(`${stateName(done.state)}: ${done.reason || "-"} (exit code ${exitSummary(done)}${took})`);
+      const reason = done.reason && done.reason !== `exit code ${exit}` ? `: ${done.reason}` : "";
+      console.log(
+        `${stateName(done.state)} (exit ${exit}${duration === undefined ? "" : `, ${formatDuration(duration)}`})${reason}`,
+      );
       process.stdout.write(done.result?.stdout?.text ?? "");
       process.stderr.write(done.result?.stderr?.text ?? "");
     });
@@ -201,7 +215,10 @@ export function registerJobCommands(program: Command, clients: Clients): void {
         jobs.push(...page.jobs.slice(0, opts.limit - jobs.length));
         pageToken = page.nextPageToken;
       } while (pageToken && jobs.length < opts.limit);
-      if (opts.json) return console.log(json(jobs.map((j) => Job.toJSON(j))));
+      if (opts.json) {
+        console.log(json(jobs.map((j) => Job.toJSON(j))));
+        return;
+      }
       const now = Date.now();
       const rows = jobs.map((j) => {
         const duration = jobDurationMs(j, now);
@@ -226,12 +243,9 @@ export function registerJobCommands(program: Command, clients: Clients): void {
     .action(async (id: string, opts: { reason?: string; json?: boolean }) => {
       const c = clients.jobs;
       const cancelled = await unaryCall(c.cancelJob.bind(c), { jobId: id, reason: opts.reason ?? "" });
-      if (opts.json) return console.log(json(Job.toJSON(cancelled)));
-      console.log(
-        cancelled.state === JobState.JOB_STATE_CANCELLED
-          ? `${id}: CANCELLED`
-          : `${id}: ${stateName(cancelled.state)}; stop sent to ${cancelled.workerId || "its worker"}`,
-      );
+      if (opts.json) console.log(json(Job.toJSON(cancelled)));
+      else if (cancelled.state === JobState.JOB_STATE_CANCELLED) console.log(`${id}: CANCELLED`);
+      else console.log(`${id}: ${stateName(cancelled.state)}; stop sent to ${cancelled.workerId || "its worker"}`);
     });
 
   job
@@ -242,9 +256,12 @@ export function registerJobCommands(program: Command, clients: Clients): void {
     .action(async (id: string, opts: { json?: boolean }) => {
       let printed = 0;
       await follow(clients.jobs, id, (j) => {
-        if (opts.json) return console.log(JSON.stringify(Job.toJSON(j)));
-        for (const t of j.history.slice(printed)) console.log(describeTransition(t));
-        printed = j.history.length;
+        if (opts.json) {
+          console.log(JSON.stringify(Job.toJSON(j)));
+        } else {
+          for (const t of j.history.slice(printed)) console.log(describeTransition(t));
+          printed = j.history.length;
+        }
       });
     });
 }

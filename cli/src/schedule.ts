@@ -13,7 +13,7 @@ import {
   parseDuration,
   parseInstant,
   shellJoin,
-  shortName,
+  priorityName,
   specSummary,
   table,
 } from "./format.js";
@@ -63,7 +63,7 @@ function describeSchedule(s: Schedule): string {
     ["tags", formatMap(s.tags)],
     ["command", shellJoin([job?.exec?.command ?? "", ...(job?.exec?.args ?? [])])],
     ["timeout", job?.timeout ? formatDuration(durationToMs(job.timeout)) : "-"],
-    ["priority", shortName(Priority, job?.priority ?? 0, "PRIORITY_")],
+    ["priority", priorityName(job?.priority ?? Priority.PRIORITY_UNSPECIFIED)],
     ["labels", formatMap(selector?.matchLabels ?? {})],
     ["capabilities", selector?.capabilities.join(",") || "-"],
     ["created", formatInstant(s.createdAt)],
@@ -112,8 +112,8 @@ export function registerScheduleCommands(program: Command, clients: Clients): vo
           paused: opts.paused ?? false,
         });
         const created = await unaryCall(c.createSchedule.bind(c), request);
-        if (opts.json) return console.log(json(Schedule.toJSON(created)));
-        console.log(`${created.id}: next fire ${created.paused ? "- (paused)" : formatInstant(created.status?.nextFireAt)}`);
+        if (opts.json) console.log(json(Schedule.toJSON(created)));
+        else console.log(`${created.id}: next fire ${created.paused ? "- (paused)" : formatInstant(created.status?.nextFireAt)}`);
       },
     );
 
@@ -130,7 +130,10 @@ export function registerScheduleCommands(program: Command, clients: Clients): vo
         all.push(...page.schedules);
         pageToken = page.nextPageToken;
       } while (pageToken);
-      if (opts.json) return console.log(json(all.map((s) => Schedule.toJSON(s))));
+      if (opts.json) {
+        console.log(json(all.map((s) => Schedule.toJSON(s))));
+        return;
+      }
       const rows = all.map((s) => [
         s.id,
         s.name || "-",
@@ -201,8 +204,9 @@ export function registerScheduleCommands(program: Command, clients: Clients): vo
     .option("--json", "print the PreviewFires as a JSON array")
     .action(async (id: string | undefined, opts: SpecOptions & { count?: number; json?: boolean }, command: Command) => {
       const spec = specFrom(opts, command);
-      if ((id === undefined) === (spec === undefined))
+      if ((id === undefined) === (spec === undefined)) {
         command.error("error: give either a schedule id or one of --cron, --every, --at", { exitCode: 2 });
+      }
       const target: PreviewScheduleRequest["target"] = spec
         ? { $case: "spec", value: spec }
         : { $case: "scheduleId", value: id ?? "" };
@@ -211,8 +215,12 @@ export function registerScheduleCommands(program: Command, clients: Clients): vo
         c.previewSchedule.bind(c),
         PreviewScheduleRequest.fromPartial({ target, count: opts.count ?? 0 }),
       );
-      if (opts.json) return console.log(json(res.fires.map((f) => PreviewFire.toJSON(f))));
-      for (const fire of res.fires)
+      if (opts.json) {
+        console.log(json(res.fires.map((f) => PreviewFire.toJSON(f))));
+        return;
+      }
+      for (const fire of res.fires) {
         console.log(`${fire.at?.toISOString() ?? "-"}${fire.skipReason ? `  (skipped: ${fire.skipReason})` : ""}`);
+      }
     });
 }

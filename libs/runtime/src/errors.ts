@@ -113,7 +113,6 @@ export function fromServiceError(err: ServiceError): AspenError {
     case status.ABORTED:
       return new ConflictError(message, { cause: err });
     case status.UNAVAILABLE:
-    case status.DEADLINE_EXCEEDED:
       return new UnavailableError(message, { cause: err });
     default:
       return new AspenError(err.code, message, { cause: err });

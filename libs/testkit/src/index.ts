@@ -429,3 +429,26 @@ export async function startOtlpReceiver(): Promise<OtlpReceiver> {
     },
   };
 }
+
+/** Live (non-zombie) processes in a process group, read from /proc. */
+export function processGroupMembers(pgid: number): number[] {
+  const members: number[] = [];
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      // /proc/<pid>/stat: "pid (comm) state ppid pgrp ..."; comm may hold spaces, so split after ")".
+      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
+      const [state, , pgrp] = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      if (Number(pgrp) === pgid && state !== "Z") members.push(Number(entry));
+    } catch {
+      // exited while we looked
+    }
+  }
+  return members;
+}
+
+/** True while any process of the group lives; killed ones get half a second to be reaped. */
+export async function processGroupAlive(pgid: number): Promise<boolean> {
+  for (let i = 0; i < 20 && processGroupMembers(pgid).length > 0; i++) await sleep(25);
+  return processGroupMembers(pgid).length > 0;
+}

@@ -1,8 +1,8 @@
 /** The executor with real child processes. */
 import { createHash } from "node:crypto";
-import { readdirSync, readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { JobSpec, StderrMode } from "@aspen/proto";
+import { processGroupAlive } from "@aspen/testkit";
 import { BoundedCapture, execute, type ExecutorOptions } from "./executor.js";
 
 const options: ExecutorOptions = {
@@ -13,29 +13,6 @@ const options: ExecutorOptions = {
 const spec = (s: Parameters<typeof JobSpec.fromPartial>[0]) => JobSpec.fromPartial(s);
 const sh = (script: string, extra: Parameters<typeof JobSpec.fromPartial>[0] = {}) =>
   spec({ ...extra, exec: { command: "/bin/sh", args: ["-c", script], ...extra.exec } });
-
-/** Live (non-zombie) processes in a process group, read from /proc. */
-function groupMembers(pgid: number): number[] {
-  const members: number[] = [];
-  for (const entry of readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      // /proc/<pid>/stat: "pid (comm) state ppid pgrp ..."; comm may hold spaces, so split after ")".
-      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
-      const [state, , pgrp] = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      if (Number(pgrp) === pgid && state !== "Z") members.push(Number(entry));
-    } catch {
-      // exited while we looked
-    }
-  }
-  return members;
-}
-
-/** True while any process of the group is alive; killed ones get a moment to be reaped. */
-async function groupAlive(pgid: number): Promise<boolean> {
-  for (let i = 0; i < 20 && groupMembers(pgid).length > 0; i++) await new Promise((r) => setTimeout(r, 25));
-  return groupMembers(pgid).length > 0;
-}
 
 describe("executor", () => {
   it("runs a command without a shell and captures stdout, exit code and digest", async () => {
@@ -95,7 +72,7 @@ describe("executor", () => {
     expect(r.timedOut).toBe(true);
     expect(r.signal).toBe("SIGTERM");
     expect(Date.now() - started).toBeLessThan(3_000);
-    expect(await groupAlive(pid)).toBe(false);
+    expect(await processGroupAlive(pid)).toBe(false);
   });
 
   it("KILLs a process that ignores TERM once the grace period is over", async () => {
@@ -108,7 +85,7 @@ describe("executor", () => {
     expect(r.cancelled).toBe(true);
     expect(r.signal).toBe("SIGKILL");
     expect(Date.now() - t).toBeGreaterThanOrEqual(250);
-    expect(await groupAlive(pid)).toBe(false);
+    expect(await processGroupAlive(pid)).toBe(false);
   });
 
   it("reaps leftovers in the group after the main process exits, so the pipes close", async () => {
@@ -119,7 +96,7 @@ describe("executor", () => {
     expect(r.exitCode).toBe(0);
     expect(r.stdout?.text).toBe("started\n");
     expect(Date.now() - t).toBeLessThan(3_000);
-    expect(await groupAlive(pid)).toBe(false);
+    expect(await processGroupAlive(pid)).toBe(false);
   });
 
   it("keeps output bounded whatever its size, with the full size and digest", async () => {

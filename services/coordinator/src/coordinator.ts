@@ -265,7 +265,7 @@ export class Coordinator {
 
   workers(): Worker[] {
     return [...this.sessions.values()]
-      .map((s) => ({ ...s.worker, running: [...s.running] }))
+      .map((s) => ({ ...s.worker, running: [...s.running], lastHeartbeatAt: new Date(s.lastSeenMs) }))
       .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   }
 

@@ -183,8 +183,10 @@ export class JobManager {
       if (job.state === S.JOB_STATE_CANCELLED) return job;
     }
     // Assigned or running: the agent stops it (TERM, grace, KILL) and reports CANCELLED.
-    const live = await this.get(id);
-    await this.options.placer.cancel({ jobId: id, attempt: live.attempt, reason: reason || "cancelled by user" });
+    const cancelReason = reason || "cancelled by user";
+    const live = await this.write(id, (j) => (isTerminal(j.state) ? undefined : { ...j, cancelReason }));
+    if (isTerminal(live.state)) return live;
+    await this.options.placer.cancel({ jobId: id, attempt: live.attempt, reason: cancelReason });
     return live;
   }
 
@@ -358,7 +360,9 @@ function newestFirst(a: Job, b: Job): number {
 
 /** The end state and the human reason for a finished attempt. */
 function outcome(result: AttemptResult, job: Job): [JobState, string] {
-  if (result.cancelled) return [S.JOB_STATE_CANCELLED, `cancelled${result.signal ? ` (${result.signal})` : ""}`];
+  if (result.cancelled) {
+    return [S.JOB_STATE_CANCELLED, `${job.cancelReason || "cancelled"}${result.signal ? ` (${result.signal})` : ""}`];
+  }
   if (result.timedOut) {
     return [
       S.JOB_STATE_TIMED_OUT,

@@ -9,7 +9,7 @@ const cron = (expression: string, timeZone = "") => spec({ kind: { $case: "cron"
 const iso = (ms: number | undefined) => (ms === undefined ? undefined : new Date(ms).toISOString());
 
 function firesAfter(s: ScheduleSpec, afterMs: number, n: number, createdAtMs = afterMs): string[] {
-  validateScheduleSpec(s, afterMs);
+  validateScheduleSpec(s, undefined);
   const rule = compileRule(s, { createdAtMs });
   const out: string[] = [];
   let t = afterMs;
@@ -68,6 +68,9 @@ describe("once and interval", () => {
     const s = spec({ kind: { $case: "once", value: { at: new Date(T0 + 5_000) } } });
     expect(firesAfter(s, T0, 3)).toEqual([iso(T0 + 5_000)]);
     expect(firesAfter(s, T0 + 5_000, 3)).toEqual([]);
+    // A new schedule in the past is refused; a stored one that already fired is still readable.
+    expect(() => validateScheduleSpec(s, T0 + 6_000)).toThrow(/spec\.once\.at: is in the past/);
+    expect(() => validateScheduleSpec(s, undefined)).not.toThrow();
   });
 
   it("interval is phased from start_at, else from creation", () => {

@@ -43,11 +43,12 @@ function compileCron(field: string, expression: string, timeZone: string): Cron 
 
 /**
  * Throws InvalidArgumentError / UnimplementedError naming the first bad field.
- * `nowMs` only decides whether a cron expression can still fire.
+ * With `nowMs`, a spec that can no longer fire after it is refused too (for
+ * new schedules); without, only its form is checked (for stored ones).
  */
 export function validateScheduleSpec(
   spec: ScheduleSpec | undefined,
-  nowMs: number,
+  nowMs: number | undefined,
   field = "spec",
 ): asserts spec is ScheduleSpec {
   if (!spec) throw new InvalidArgumentError(field, "required");
@@ -59,13 +60,15 @@ export function validateScheduleSpec(
       validateTimeZone(`${field}.cron.time_zone`, tz);
       if (!kind.value.expression.trim()) throw new InvalidArgumentError(`${field}.cron.expression`, "must not be empty");
       const cron = compileCron(`${field}.cron.expression`, kind.value.expression, tz);
-      if (!cron.nextRun(new Date(nowMs))) {
+      if (nowMs !== undefined && !cron.nextRun(new Date(nowMs))) {
         throw new InvalidArgumentError(`${field}.cron.expression`, `${JSON.stringify(kind.value.expression)} never fires`);
       }
       break;
     }
     case "once":
       if (!kind.value.at) throw new InvalidArgumentError(`${field}.once.at`, "required");
+      if (nowMs !== undefined && kind.value.at.getTime() <= nowMs)
+        throw new InvalidArgumentError(`${field}.once.at`, "is in the past: it would never fire");
       break;
     case "interval": {
       const every = durationToMs(kind.value.every);

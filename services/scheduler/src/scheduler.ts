@@ -76,7 +76,7 @@ export class Scheduler {
       const s = record.value;
       let rule: FireRule;
       try {
-        validateScheduleSpec(s.spec, now);
+        validateScheduleSpec(s.spec, undefined);
         rule = compileRule(s.spec, { createdAtMs: s.createdAt?.getTime() ?? now });
       } catch (err) {
         // A stored schedule this version cannot read is reported, never silently dropped or fired blind.
@@ -198,10 +198,13 @@ export class Scheduler {
     const target = request.target;
     let rule: FireRule;
     let fireCount = 0;
+    let skipReason = "";
     if (target?.$case === "scheduleId") {
       const armed = this.require(target.value);
       rule = armed.rule;
       fireCount = armed.record.value.status?.fireCount ?? 0;
+      const { paused, pauseNote } = armed.record.value;
+      if (paused) skipReason = `schedule is paused${pauseNote ? `: ${pauseNote}` : ""}`;
     } else if (target?.$case === "spec") {
       validateScheduleSpec(target.value, now, "spec");
       rule = compileRule(target.value, { createdAtMs: now });
@@ -213,7 +216,7 @@ export class Scheduler {
     for (let i = 0; i < (request.count || 10); i++) {
       const next = rule.next(t, fireCount + i);
       if (next === undefined) break;
-      fires.push({ at: new Date(next), skipReason: "" });
+      fires.push({ at: new Date(next), skipReason });
       t = next;
     }
     return { fires };
