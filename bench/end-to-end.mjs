@@ -161,9 +161,10 @@ function natsVersion() {
 // Clean-up: everything started registers its undo here; run on exit, failure or signal.
 
 const cleanups = [];
-let cleaning;
+let cleaning = Promise.resolve();
+/** Undoes everything registered so far, newest first. Calls queue up; each drains the stack. */
 function cleanUp() {
-  cleaning ??= (async () => {
+  cleaning = cleaning.then(async () => {
     while (cleanups.length > 0) {
       const fn = cleanups.pop();
       try {
@@ -172,13 +173,26 @@ function cleanUp() {
         log(`clean-up step failed: ${err instanceof Error ? err.message : String(err)}`);
       }
     }
-  })();
+  });
   return cleaning;
+}
+
+/**
+ * Set on SIGINT/SIGTERM: nothing new is started (a start in progress registers its undo
+ * and the next step throws), what runs is stopped at once, and once main() has unwound
+ * and cleaned up the process exits 130. A second signal, or 60 s, exits regardless.
+ */
+let aborted = false;
+function checkNotAborted() {
+  if (aborted) throw new Error("interrupted");
 }
 for (const signal of ["SIGINT", "SIGTERM"]) {
   process.once(signal, () => {
-    log(`${signal}: cleaning up`);
-    void cleanUp().finally(() => process.exit(130));
+    aborted = true;
+    log(`${signal}: stopping everything (again to exit at once)`);
+    process.once(signal, () => process.exit(130));
+    setTimeout(() => process.exit(130), 60_000).unref();
+    void cleanUp();
   });
 }
 
@@ -231,6 +245,7 @@ process.send("ready");
 `;
 
 async function measureCeiling(label) {
+  checkNotAborted();
   const shares = Array.from({ length: AGENTS }, (_, i) => Math.floor(JOBS / AGENTS) + (i < JOBS % AGENTS ? 1 : 0));
   const children = shares.map((share) =>
     spawn(process.execPath, ["--input-type=module", "-e", CEILING_CHILD], {
@@ -309,8 +324,10 @@ async function measureCeiling(label) {
 // The cluster
 
 async function startCluster(workDir) {
+  checkNotAborted();
   const nats = await startNats();
   cleanups.push(() => nats[Symbol.asyncDispose]());
+  checkNotAborted();
   const [jmPort, coordPort, ...healthPorts] = await Promise.all([
     freePort(),
     freePort(),
@@ -329,6 +346,7 @@ async function startCluster(workDir) {
     }
   };
   const start = (name, env, label) => {
+    checkNotAborted();
     const svc = startService(name, { ...common, ...env }, label);
     services.push(svc);
     cleanups.push(() => stopService(svc));
@@ -407,6 +425,7 @@ async function submitAll(jobs, count, label) {
   const request = SubmitJobRequest.fromPartial({ spec: { exec: { command: COMMAND }, name: `bench-${label}` } });
   const worker = async () => {
     while (next < count) {
+      checkNotAborted();
       next++;
       const clientSubmitMs = epochMs();
       const before = performance.now();
@@ -438,6 +457,7 @@ async function waitAllTerminal(jobs, expected, deadlineMs) {
   const started = performance.now();
   let lastNote = started;
   for (;;) {
+    checkNotAborted();
     const res = await unaryCall(jobs.listJobs.bind(jobs), ListJobsRequest.fromPartial({ states: NON_TERMINAL, pageSize: 1 }), {
       deadlineMs: 10_000,
     });
@@ -739,9 +759,11 @@ let activeCluster;
 try {
   await main();
 } catch (err) {
-  console.error(`benchmark failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
-  if (activeCluster) await diagnose(activeCluster);
+  if (aborted) console.error("benchmark interrupted; cleaning up");
+  else console.error(`benchmark failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
+  if (activeCluster && !aborted) await diagnose(activeCluster);
   process.exitCode = 1;
 } finally {
   await cleanUp();
+  if (aborted) process.exit(130);
 }

@@ -30,8 +30,10 @@ npm run build --silent
 
 mkdir -p "$dir/nats" "$dir/logs" "$dir/work"
 pids=()
+stopping=0
 stop() {
   trap - INT TERM EXIT
+  stopping=1
   echo "stopping..."
   # Agent first (it drains), then the control plane, then NATS.
   for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill -TERM "${pids[$i]}" 2>/dev/null || true; wait "${pids[$i]}" 2>/dev/null || true; done
@@ -71,4 +73,4 @@ Try:  npx aspen schedule add --id hello --cron '*/2 * * * * *' -- echo hello
 Press Ctrl-C to stop.
 TXT
 wait -n "${pids[@]}" || true
-echo "a process exited; see $dir/logs" >&2
+[ "$stopping" = 1 ] || echo "a process exited unexpectedly; see $dir/logs" >&2
