@@ -258,7 +258,15 @@ async function measureCeiling(label) {
       stdio: ["ignore", "inherit", "inherit", "ipc"],
     }),
   );
-  const killAll = () => children.forEach((c) => c.exitCode === null && c.signalCode === null && c.kill("SIGKILL"));
+  const killAll = () =>
+    Promise.all(
+      children.map((c) => {
+        if (c.exitCode !== null || c.signalCode !== null) return undefined;
+        const gone = new Promise((resolve) => c.once("exit", resolve));
+        c.kill("SIGKILL");
+        return Promise.race([gone, new Promise((resolve) => setTimeout(resolve, 2_000).unref())]);
+      }),
+    );
   cleanups.push(killAll);
   try {
     const exited = children.map(
@@ -315,8 +323,9 @@ async function measureCeiling(label) {
     if (failed > 0) throw new Error(`ceiling run (${label}): ${failed} of ${JOBS} spawns of ${COMMAND} failed`);
     return { rate, wallMs, failed, busy, other, cpuPerJobMs: (ours * 1000) / JOBS };
   } finally {
-    killAll();
-    cleanups.splice(cleanups.indexOf(killAll), 1);
+    const at = cleanups.indexOf(killAll);
+    if (at >= 0) cleanups.splice(at, 1);
+    await killAll();
   }
 }
 
@@ -661,8 +670,10 @@ async function main() {
   const clusterCpuPerJobMs = (accounted * 1000) / submitted.length;
   accounted += benchSeconds;
   cpuLines.push(`bench client ${benchSeconds.toFixed(2)} s (${pct(benchSeconds)})`);
+  let runOther;
   if (machineBefore && machineAfter) {
     const busy = machineAfter.busy - machineBefore.busy;
+    runOther = Math.max(0, busy - accounted) / (machineAfter.total - machineBefore.total);
     const cores = cpuList.length;
     cpuLines.push(
       `whole machine ${busy.toFixed(2)} s busy of ${(machineAfter.total - machineBefore.total).toFixed(2)} s ` +
@@ -671,12 +682,11 @@ async function main() {
     );
   }
 
-  // Other work on the machine skews every figure here; say so when there was much of it. Only the
-  // ceiling runs tell it reliably: during the Aspen run a quarter of the busy time is not found in
-  // the per-process counters even on a quiet machine (kernel work, processes that came and went).
+  // Other work on the machine skews every figure here; say so when there was much of it.
   const noisy = [
     ceilingBefore?.other > 0.15 ? `${Math.round(ceilingBefore.other * 100)}% during the ceiling before` : "",
     ceilingAfter.other > 0.15 ? `${Math.round(ceilingAfter.other * 100)}% during the ceiling after` : "",
+    runOther > 0.15 ? `${Math.round(runOther * 100)}% during the Aspen run` : "",
   ].filter(Boolean);
 
   const out = [
