@@ -44,3 +44,4 @@ export {
 } from "./grpc.js";
 export { closeInOrder, closeOnSignals, runMain, type Closable } from "./lifecycle.js";
 export { durationToMs, msToDuration, parseDurationMs } from "./time.js";
+export { MinHeap } from "./min-heap.js";

@@ -1,12 +1,17 @@
 /**
- * Feeds queued jobs to the coordinator, highest priority first, with up to
- * `concurrency` placements in flight. When placement reports no free slot the
- * job keeps its turn and dispatch pauses until capacity is freed (a job
- * finished) or `retryDelayMs` passes; a job no live worker matches is parked
- * and retried every `retryDelayMs`. Event-driven: no polling while idle.
+ * Feeds queued jobs to the coordinator, highest priority first and in
+ * submission order inside a class, with up to `concurrency` placements in
+ * flight.
+ *
+ * Saturation: when a placement finds no free slot, the job goes back to its
+ * place and dispatch is throttled — from then on one placement is allowed per
+ * freed slot (a job finished), so a full cluster is not asked again and again.
+ * `retryDelayMs` after throttling began, dispatch opens fully again once (a
+ * new worker may have joined). A job no live worker matches is parked and
+ * retried every `retryDelayMs`. Event-driven: no polling while idle.
  */
 import type { Priority } from "@aspen/proto";
-import { PriorityQueue } from "./priority-queue.js";
+import { PriorityQueue, type QueueEntry } from "./priority-queue.js";
 
 export type DispatchOutcome =
   | "placed" // sent to a worker
@@ -17,14 +22,15 @@ export type DispatchOutcome =
 
 export class Dispatcher {
   private readonly queue = new PriorityQueue();
-  private readonly parked = new Map<string, Priority>();
-  /** Class of every queued or parked id, so a job put back keeps it. */
-  private readonly priorities = new Map<string, Priority>();
-  private readonly queued = new Set<string>();
+  /** Every id this dispatcher holds (queued, in flight or parked), with its place in line. */
+  private readonly entries = new Map<string, QueueEntry>();
+  private readonly parked = new Set<string>();
+  private nextSeq = 0;
   private inFlight = 0;
-  private paused = false;
+  /** Placements allowed while throttled; Infinity when not throttled. */
+  private credits = Infinity;
   private closed = false;
-  private resumeTimer: NodeJS.Timeout | undefined;
+  private openTimer: NodeJS.Timeout | undefined;
   private parkedTimer: NodeJS.Timeout | undefined;
   private idleWaiters: Array<() => void> = [];
 
@@ -33,35 +39,35 @@ export class Dispatcher {
     private readonly options: { concurrency: number; retryDelayMs: number },
   ) {}
 
+  /** Jobs waiting for a worker (queued or parked, not in flight). */
   get depth(): number {
     return this.queue.size + this.parked.size;
   }
 
   enqueue(id: string, priority: Priority): void {
-    if (this.closed || this.queued.has(id)) return;
-    this.queued.add(id);
-    this.priorities.set(id, priority);
-    this.queue.push(id, priority);
+    if (this.closed || this.entries.has(id)) return;
+    const entry = { id, priority, seq: this.nextSeq++ };
+    this.entries.set(id, entry);
+    this.queue.push(entry);
     this.pump();
   }
 
-  /** A slot was freed somewhere: resume a paused dispatch now. */
+  /** A slot was freed somewhere: while throttled, that allows one more placement. */
   capacityFreed(): void {
-    if (!this.paused) return;
-    this.paused = false;
-    clearTimeout(this.resumeTimer);
+    if (this.credits === Infinity) return;
+    this.credits++;
     this.pump();
   }
 
   private pump(): void {
-    while (!this.closed && !this.paused && this.inFlight < this.options.concurrency) {
-      const id = this.queue.pop();
-      if (id === undefined) break;
+    while (!this.closed && this.credits > 0 && this.inFlight < this.options.concurrency) {
+      const entry = this.queue.pop();
+      if (entry === undefined) break;
+      if (this.credits !== Infinity) this.credits--;
       this.inFlight++;
-      const priority = this.priorityOf(id);
-      void this.dispatchOne(id)
+      void this.dispatchOne(entry.id)
         .catch((): DispatchOutcome => "unavailable")
-        .then((outcome) => this.settle(id, priority, outcome))
+        .then((outcome) => this.settle(entry, outcome))
         .finally(() => {
           this.inFlight--;
           this.pump();
@@ -70,44 +76,44 @@ export class Dispatcher {
     }
   }
 
-  private priorityOf(id: string): Priority {
-    return this.priorities.get(id) ?? (0 as Priority);
-  }
-
-  private settle(id: string, priority: Priority, outcome: DispatchOutcome): void {
+  private settle(entry: QueueEntry, outcome: DispatchOutcome): void {
     switch (outcome) {
       case "placed":
       case "gone":
-        this.queued.delete(id);
-        this.priorities.delete(id);
+        this.entries.delete(entry.id);
         return;
       case "no-capacity":
       case "unavailable":
-        this.queue.pushFront(id, priority);
-        this.pauseUntilCapacity();
+        this.queue.push(entry);
+        this.throttle();
         return;
       case "no-match":
-        this.queued.delete(id);
-        this.parked.set(id, priority);
+        this.parked.add(entry.id);
         this.armParkedRetry();
         return;
     }
   }
 
-  private pauseUntilCapacity(): void {
-    if (this.paused || this.closed) return;
-    this.paused = true;
-    this.resumeTimer = setTimeout(() => this.capacityFreed(), this.options.retryDelayMs);
-    this.resumeTimer.unref();
+  private throttle(): void {
+    if (this.credits !== Infinity || this.closed) return;
+    this.credits = 0;
+    this.openTimer = setTimeout(() => {
+      this.credits = Infinity;
+      this.pump();
+    }, this.options.retryDelayMs);
+    this.openTimer.unref();
   }
 
   private armParkedRetry(): void {
     if (this.parkedTimer || this.closed) return;
     this.parkedTimer = setTimeout(() => {
       this.parkedTimer = undefined;
-      const parked = [...this.parked];
+      for (const id of this.parked) {
+        const entry = this.entries.get(id);
+        if (entry) this.queue.push(entry);
+      }
       this.parked.clear();
-      for (const [id, priority] of parked) this.enqueue(id, priority);
+      this.pump();
     }, this.options.retryDelayMs);
     this.parkedTimer.unref();
   }
@@ -115,7 +121,7 @@ export class Dispatcher {
   /** Stops dispatching and waits for placements in flight. */
   async close(): Promise<void> {
     this.closed = true;
-    clearTimeout(this.resumeTimer);
+    clearTimeout(this.openTimer);
     clearTimeout(this.parkedTimer);
     if (this.inFlight > 0) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
   }

@@ -3,27 +3,42 @@ import { Priority } from "@aspen/proto";
 import { PriorityQueue } from "./priority-queue.js";
 
 describe("priority queue", () => {
-  it("pops strictly by class, FIFO inside a class, UNSPECIFIED as NORMAL", () => {
+  it("pops strictly by class, in sequence inside a class, UNSPECIFIED as NORMAL", () => {
     const q = new PriorityQueue();
-    q.push("low-1", Priority.PRIORITY_LOW);
-    q.push("normal-1", Priority.PRIORITY_NORMAL);
-    q.push("unspecified-1", Priority.PRIORITY_UNSPECIFIED);
-    q.push("critical-1", Priority.PRIORITY_CRITICAL);
-    q.push("high-1", Priority.PRIORITY_HIGH);
-    q.push("critical-2", Priority.PRIORITY_CRITICAL);
+    let seq = 0;
+    const push = (id: string, priority: Priority) => q.push({ id, priority, seq: seq++ });
+    push("low-1", Priority.PRIORITY_LOW);
+    push("normal-1", Priority.PRIORITY_NORMAL);
+    push("unspecified-1", Priority.PRIORITY_UNSPECIFIED);
+    push("critical-1", Priority.PRIORITY_CRITICAL);
+    push("high-1", Priority.PRIORITY_HIGH);
+    push("critical-2", Priority.PRIORITY_CRITICAL);
     expect(q.size).toBe(6);
     const order = [];
-    for (let id = q.pop(); id !== undefined; id = q.pop()) order.push(id);
+    for (let e = q.pop(); e !== undefined; e = q.pop()) order.push(e.id);
     expect(order).toEqual(["critical-1", "critical-2", "high-1", "normal-1", "unspecified-1", "low-1"]);
   });
 
-  it("gives a job put back its turn at the head of its class", () => {
+  it("gives jobs put back their original place, whatever order they come back in", () => {
     const q = new PriorityQueue();
-    for (let i = 0; i < 3000; i++) q.push(`n${i}`, Priority.PRIORITY_NORMAL);
-    for (let i = 0; i < 2000; i++) q.pop();
-    q.pushFront("back", Priority.PRIORITY_NORMAL);
-    expect(q.pop()).toBe("back");
-    expect(q.pop()).toBe("n2000");
-    expect(q.size).toBe(999);
+    for (let i = 0; i < 100; i++) q.push({ id: `n${i}`, priority: Priority.PRIORITY_NORMAL, seq: i });
+    const taken = Array.from({ length: 10 }, () => q.pop()!);
+    // Refusals arrive in any order; each goes back with its own sequence number.
+    for (const e of [...taken].reverse()) q.push(e);
+    expect(Array.from({ length: 12 }, () => q.pop()!.id)).toEqual([
+      "n0",
+      "n1",
+      "n2",
+      "n3",
+      "n4",
+      "n5",
+      "n6",
+      "n7",
+      "n8",
+      "n9",
+      "n10",
+      "n11",
+    ]);
+    expect(q.size).toBe(88);
   });
 });
