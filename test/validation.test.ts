@@ -101,10 +101,10 @@ describe("input validation", () => {
 
   it("refuses not-yet-implemented options with UNIMPLEMENTED naming the field, not by ignoring them", async () => {
     const err = await refusal(
-      unaryCall(jobs.submitJob.bind(jobs), SubmitJobRequest.fromPartial({ spec: { ...job("echo"), dependsOn: ["x"] } })),
+      unaryCall(jobs.submitJob.bind(jobs), SubmitJobRequest.fromPartial({ spec: { ...job("echo"), placement: { fanOut: -1 } } })),
     );
     expect(err.code).toBe(status.UNIMPLEMENTED);
-    expect(err.message).toMatch(/^spec\.depends_on:/);
+    expect(err.message).toMatch(/^spec\.placement\.fan_out:/);
   });
 
   it("ends a WatchJob stream for an unknown job with NOT_FOUND (server streaming)", async () => {

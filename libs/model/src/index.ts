@@ -2,3 +2,12 @@
 export { fireJobId, JOB_ID, JOB_ID_MAX, newId, SCHEDULE_ID, WORKER_ID } from "./ids.js";
 export { DEFAULT_INLINE_OUTPUT_BYTES, DEFAULT_KILL_GRACE_MS, Limits, validateJobSpec } from "./job-spec.js";
 export { isTerminal, parseState, stateName } from "./states.js";
+export {
+  decideRetry,
+  isRetrying,
+  maxAttempts,
+  RetryDefaults,
+  retryDelayMs,
+  type FailedAttempt,
+  type RetryVerdict,
+} from "./retry.js";

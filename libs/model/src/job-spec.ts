@@ -6,6 +6,8 @@
  */
 import { LabelRequirement_Operator, PlacementStrategy, Priority, RetryPolicy_Kind, StderrMode, type JobSpec } from "@aspen/proto";
 import { durationToMs, InvalidArgumentError, UnimplementedError } from "@aspen/runtime";
+import { JOB_ID, JOB_ID_MAX } from "./ids.js";
+import { isRetrying } from "./retry.js";
 
 /** Input limits (bytes unless named otherwise). */
 export const Limits = {
@@ -19,6 +21,10 @@ export const Limits = {
   tagBytes: 256,
   maxInlineOutputBytes: 4 * 1024 * 1024,
   maxTimeoutMs: 7 * 24 * 3600 * 1000,
+  maxAttempts: 100,
+  maxRetryDelayMs: 24 * 3600 * 1000,
+  dependencies: 100,
+  chainLength: 20,
 } as const;
 
 /** Default inline output kept per job (head + tail across stdout and stderr). */
@@ -83,10 +89,30 @@ export function validateJobSpec(spec: JobSpec | undefined, field = "spec"): asse
   checkText(`${field}.name`, spec.name, 256);
 
   const retry = spec.retry;
-  if (retry && retry.kind !== RetryPolicy_Kind.KIND_UNSPECIFIED && retry.kind !== RetryPolicy_Kind.KIND_NONE) {
-    if (!isEnumValue(RetryPolicy_Kind, retry.kind))
-      throw new InvalidArgumentError(`${field}.retry.kind`, `unknown kind ${retry.kind}`);
-    throw new UnimplementedError(`${field}.retry.kind`, "retries are not implemented yet (only NONE)");
+  if (retry) {
+    const f = `${field}.retry`;
+    if (!isEnumValue(RetryPolicy_Kind, retry.kind)) throw new InvalidArgumentError(`${f}.kind`, `unknown kind ${retry.kind}`);
+    if (retry.maxAttempts > Limits.maxAttempts)
+      throw new InvalidArgumentError(`${f}.max_attempts`, `must be at most ${Limits.maxAttempts}`);
+    for (const [name, d] of [
+      ["delay", retry.delay],
+      ["base", retry.base],
+      ["max_delay", retry.maxDelay],
+    ] as const) {
+      checkDuration(`${f}.${name}`, d, Limits.maxRetryDelayMs);
+    }
+    retry.delays.forEach((d, i) => checkDuration(`${f}.delays[${i}]`, d, Limits.maxRetryDelayMs));
+    if (retry.delays.length > Limits.maxAttempts)
+      throw new InvalidArgumentError(`${f}.delays`, `more than ${Limits.maxAttempts} delays`);
+    if (retry.factor !== 0 && !(retry.factor >= 1 && retry.factor <= 100))
+      throw new InvalidArgumentError(`${f}.factor`, "must be 1..100");
+    if (!(retry.jitter >= 0 && retry.jitter <= 1)) throw new InvalidArgumentError(`${f}.jitter`, "must be a fraction 0..1");
+    if (retry.kind === RetryPolicy_Kind.KIND_CUSTOM && retry.delays.length === 0) {
+      throw new InvalidArgumentError(`${f}.delays`, "required for CUSTOM");
+    }
+    if (spec.atMostOnce && isRetrying(retry)) {
+      throw new InvalidArgumentError(`${f}.kind`, "must be NONE for an at_most_once job (it is never started twice)");
+    }
   }
   const placement = spec.placement;
   if (placement) {
@@ -121,7 +147,20 @@ export function validateJobSpec(spec: JobSpec | undefined, field = "spec"): asse
     }
     if (placement.fanOut !== 0) throw new UnimplementedError(`${field}.placement.fan_out`, "fan-out is not implemented yet");
   }
-  if (spec.dependsOn.length > 0) throw new UnimplementedError(`${field}.depends_on`, "dependencies are not implemented yet");
+  if (spec.dependsOn.length > Limits.dependencies) {
+    throw new InvalidArgumentError(`${field}.depends_on`, `more than ${Limits.dependencies} dependencies`);
+  }
+  spec.dependsOn.forEach((id, i) => {
+    if (!JOB_ID.test(id) || id.length > JOB_ID_MAX)
+      throw new InvalidArgumentError(`${field}.depends_on[${i}]`, `must be a job id (${JOB_ID})`);
+  });
+  if (spec.then.length > Limits.chainLength)
+    throw new InvalidArgumentError(`${field}.then`, `more than ${Limits.chainLength} steps`);
+  spec.then.forEach((step, i) => {
+    if (step.then.length > 0)
+      throw new InvalidArgumentError(`${field}.then[${i}].then`, "chains are flat: list every step in the first job's then");
+    validateJobSpec(step, `${field}.then[${i}]`);
+  });
   if (spec.jobType !== "" && spec.jobType !== "shell") {
     throw new UnimplementedError(`${field}.job_type`, `only "shell" is implemented yet`);
   }

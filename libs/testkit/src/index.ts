@@ -228,10 +228,15 @@ export interface ClusterOptions {
   env?: Record<string, string>;
   /** Per-agent extra environment (labels, capabilities), by index. */
   agentEnv?: (index: number) => Record<string, string>;
+  /** Start the scheduler too. Default true; job-only tests save its CPU. */
+  scheduler?: boolean;
+  /** Extra environment for the job-manager only. */
+  jobManagerEnv?: Record<string, string>;
 }
 
 export interface Cluster extends AsyncDisposable {
   nats: NatsServer;
+  /** Undefined when started with `scheduler: false`. */
   scheduler: ServiceProcess;
   jobManager: ServiceProcess;
   coordinator: ServiceProcess;
@@ -264,7 +269,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
     };
     const envs = {
       scheduler: { ...common, ASPEN_GRPC_PORT: String(sp) },
-      "job-manager": { ...common, ASPEN_GRPC_PORT: String(jp) },
+      "job-manager": { ...common, ASPEN_GRPC_PORT: String(jp), ...options.jobManagerEnv },
       coordinator: { ...common, ASPEN_GRPC_PORT: String(cp) },
     };
     const addrOf = { scheduler: addr.scheduler, "job-manager": addr.jobManager, coordinator: addr.coordinator };
@@ -277,7 +282,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
     const [jobManager, coordinator, scheduler] = await Promise.all([
       launch("job-manager"),
       launch("coordinator"),
-      launch("scheduler"),
+      options.scheduler === false ? (undefined as unknown as ServiceProcess) : launch("scheduler"),
     ]);
     const agents: ServiceProcess[] = [];
     for (let i = 0; i < (options.agents ?? 1); i++) {

@@ -16,6 +16,16 @@ export const JobManagerConfigSchema = z.object({
   ASPEN_DISPATCH_CONCURRENCY: env.int(64, 1, 4096),
   /** Wait before retrying a job that could not be placed. */
   ASPEN_DISPATCH_RETRY: env.durationMs("1s"),
+  /** A queued job's priority class rises by one for every this long it waits (LOW never starves). */
+  ASPEN_PRIORITY_AGING: env.durationMs("60s"),
+  /** An assigned attempt that has not started within this is declared LOST (and retried per policy). */
+  ASPEN_ASSIGN_TIMEOUT: env.durationMs("30s"),
+  /** Finished jobs kept per schedule (and for unscheduled jobs together), newest first. DEAD jobs stay until purged. */
+  ASPEN_RETAIN_PER_SCHEDULE: env.int(1000, 1, 10_000_000),
+  /** Finished jobs older than this are removed with their outputs. */
+  ASPEN_RETAIN_FOR: env.durationMs("7d"),
+  /** How often retention and assignment timeouts are checked. */
+  ASPEN_MAINTENANCE_INTERVAL: env.durationMs("5s"),
   ASPEN_LOG_LEVEL: env.logLevel(),
 });
 

@@ -21,7 +21,7 @@ export type DispatchOutcome =
   | "unavailable"; // the coordinator could not be reached
 
 export class Dispatcher {
-  private readonly queue = new PriorityQueue();
+  private readonly queue: PriorityQueue;
   /** Every id this dispatcher holds (queued, in flight or parked), with its place in line. */
   private readonly entries = new Map<string, QueueEntry>();
   private readonly parked = new Set<string>();
@@ -36,17 +36,25 @@ export class Dispatcher {
 
   constructor(
     private readonly dispatchOne: (id: string) => Promise<DispatchOutcome>,
-    private readonly options: { concurrency: number; retryDelayMs: number },
-  ) {}
+    private readonly options: { concurrency: number; retryDelayMs: number; agingMs?: number; now?: () => number },
+  ) {
+    this.queue = new PriorityQueue(options.agingMs, options.now);
+  }
 
   /** Jobs waiting for a worker (queued or parked, not in flight). */
   get depth(): number {
     return this.queue.size + this.parked.size;
   }
 
-  enqueue(id: string, priority: Priority): void {
+  /** Queued jobs per priority class (not counting those in flight or parked). */
+  depths(): Array<{ priority: Priority; depth: number }> {
+    return this.queue.depths();
+  }
+
+  /** Queues `id` unless it is already held. `queuedAtMs` (default now) is where aging counts from. */
+  enqueue(id: string, priority: Priority, queuedAtMs: number = (this.options.now ?? Date.now)()): void {
     if (this.closed || this.entries.has(id)) return;
-    const entry = { id, priority, seq: this.nextSeq++ };
+    const entry = { id, priority, seq: this.nextSeq++, queuedAtMs };
     this.entries.set(id, entry);
     this.queue.push(entry);
     this.pump();

@@ -1,15 +1,22 @@
 /**
  * The job-manager's logic: it alone writes the `jobs` bucket. Every change to
  * a job is serialized per job in this process and applied with a
- * compare-and-set on the record, through the state machine.
+ * compare-and-set on the record, through the state machine; after each
+ * applied change, `react` moves the job on (queue it, arm its delay, release
+ * or cancel its dependants).
  */
+import { createHash } from "node:crypto";
+import { status } from "@grpc/grpc-js";
 import { EventEmitter } from "node:events";
 import {
+  IdempotencyRecord,
   Job,
   JobState,
   type AttemptEvent,
   type AttemptResult,
   type CancelAttemptRequest,
+  type JobSpec,
+  type JobStats,
   type ListJobsRequest,
   type ListJobsResponse,
   type PlaceJobRequest,
@@ -19,12 +26,14 @@ import {
 import {
   activeTraceId,
   AlreadyExistsError,
+  AspenError,
   Attr,
   ConflictError,
   contextFromTraceparent,
   durationToMs,
   FailedPreconditionError,
   InvalidArgumentError,
+  msToDuration,
   NotFoundError,
   ResourceExhaustedError,
   Spans,
@@ -32,11 +41,13 @@ import {
   withSpan,
   type Logger,
 } from "@aspen/runtime";
-import { isTerminal, JOB_ID, JOB_ID_MAX, newId, SCHEDULE_ID, stateName, validateJobSpec } from "@aspen/model";
+import { decideRetry, isTerminal, JOB_ID, JOB_ID_MAX, newId, SCHEDULE_ID, stateName, validateJobSpec } from "@aspen/model";
 import type { Bucket, ObjectBucket, Versioned } from "@aspen/store";
 import { Dispatcher, type DispatchOutcome } from "./dispatcher.js";
 import { KeyedSerial } from "./keyed-serial.js";
+import { expiredJobs, queuedSince, stuckAssignments, type RetentionPolicy } from "./maintenance.js";
 import { offloadLargeOutput } from "./output.js";
+import { effectivePriority } from "./priority-queue.js";
 import { transition } from "./state-machine.js";
 
 /** How the job-manager reaches the coordinator (a gRPC client in production). */
@@ -48,6 +59,8 @@ export interface Placer {
 
 export interface JobManagerOptions {
   jobs: Bucket<Job>;
+  /** Idempotency keys → job ids. */
+  keys: Bucket<IdempotencyRecord>;
   outputs: ObjectBucket;
   placer: Placer;
   log: Logger;
@@ -55,46 +68,75 @@ export interface JobManagerOptions {
   dispatchConcurrency: number;
   /** Wait before retrying a job that could not be placed, ms. */
   retryDelayMs: number;
+  /** A queued job's class rises by one for every this long it waits, ms. */
+  agingMs: number;
+  /** An assigned attempt not started within this is declared lost, ms. */
+  assignTimeoutMs: number;
+  retention: RetentionPolicy;
+  /** How often retention and assignment timeouts are checked, ms. */
+  maintenanceIntervalMs: number;
   clock?: () => Date;
+  random?: () => number;
 }
 
 const S = JobState;
 const DEFAULT_PAGE = 100;
 const MAX_PAGE = 1000;
+const DEFAULT_RESULT_WAIT_MS = 30_000;
+const MAX_RESULT_WAIT_MS = 300_000;
+const MAX_IDEMPOTENCY_KEY_BYTES = 256;
+const FAILURES = new Set([S.JOB_STATE_FAILED, S.JOB_STATE_TIMED_OUT, S.JOB_STATE_LOST]);
 
 export class JobManager {
   /** Latest known record of every job, with its KV revision (the CAS base). */
   private readonly index = new Map<string, Versioned<Job>>();
+  /** Pending jobs by the job they wait for. */
+  private readonly dependants = new Map<string, Set<string>>();
+  /** Timers of jobs waiting for their not_before (retry backoff, delayed start). */
+  private readonly delays = new Map<string, NodeJS.Timeout>();
   private readonly serial = new KeyedSerial();
   private readonly changes = new EventEmitter().setMaxListeners(0);
   private readonly dispatcher: Dispatcher;
   private readonly clock: () => Date;
+  private readonly random: () => number;
   private readonly log: Logger;
+  private maintenanceTimer: NodeJS.Timeout | undefined;
+  private closed = false;
 
   constructor(private readonly options: JobManagerOptions) {
     this.clock = options.clock ?? (() => new Date());
+    this.random = options.random ?? Math.random;
     this.log = options.log;
     this.dispatcher = new Dispatcher((id) => this.dispatchOne(id), {
       concurrency: options.dispatchConcurrency,
       retryDelayMs: options.retryDelayMs,
+      agingMs: options.agingMs,
+      now: () => this.clock().getTime(),
     });
   }
 
-  /** Rebuilds the index and the queue from KV: queued jobs go back in submission order. */
+  /** Rebuilds the index, dependencies and the queue from KV, in the order jobs were queued. */
   async start(): Promise<void> {
     const all = await this.options.jobs.all();
     for (const entry of all) this.index.set(entry.key, entry);
-    const queued = all
-      .filter((e) => e.value.state === S.JOB_STATE_QUEUED)
-      .sort((a, b) => (a.value.submittedAt?.getTime() ?? 0) - (b.value.submittedAt?.getTime() ?? 0));
-    for (const e of queued) this.dispatcher.enqueue(e.key, e.value.spec?.priority ?? 0);
-    this.log.info({ jobs: all.length, queued: queued.length }, "job index loaded");
+    const byQueueTime = [...all].sort((a, b) => queuedSince(a.value) - queuedSince(b.value));
+    for (const entry of byQueueTime) this.react(entry.value);
+    const queued = all.filter((e) => e.value.state === S.JOB_STATE_QUEUED).length;
+    this.log.info({ jobs: all.length, queued }, "job index loaded");
+    this.maintenanceTimer = setInterval(() => void this.maintain(), this.options.maintenanceIntervalMs);
+    this.maintenanceTimer.unref();
   }
 
   async close(): Promise<void> {
+    this.closed = true;
+    clearInterval(this.maintenanceTimer);
+    for (const timer of this.delays.values()) clearTimeout(timer);
+    this.delays.clear();
     await this.dispatcher.close();
     this.changes.removeAllListeners();
   }
+
+  // ---- submission -------------------------------------------------------
 
   async submit(request: SubmitJobRequest): Promise<SubmitJobResponse> {
     if (request.jobId && (request.jobId.length > JOB_ID_MAX || !JOB_ID.test(request.jobId))) {
@@ -103,39 +145,106 @@ export class JobManager {
     if (request.scheduleId && !SCHEDULE_ID.test(request.scheduleId)) {
       throw new InvalidArgumentError("schedule_id", `must match ${SCHEDULE_ID}`);
     }
+    if (Buffer.byteLength(request.idempotencyKey) > MAX_IDEMPOTENCY_KEY_BYTES) {
+      throw new InvalidArgumentError("idempotency_key", `longer than ${MAX_IDEMPOTENCY_KEY_BYTES} bytes`);
+    }
     validateJobSpec(request.spec, "spec");
     const spec = request.spec;
-    const id = request.jobId || newId("j");
-    return withSpan(Spans.submit, { attributes: { [Attr.jobId]: id, [Attr.scheduleId]: request.scheduleId } }, async () => {
-      const now = this.clock();
-      const draft = Job.fromPartial({
-        id,
-        spec,
-        scheduleId: request.scheduleId,
-        scheduledAt: request.scheduledAt,
-        submittedAt: now,
-        traceId: activeTraceId(),
-        traceparent: traceparentOf(),
-      });
-      const job = transition(draft, S.JOB_STATE_QUEUED, {
-        actor: request.scheduleId ? "scheduler" : "client",
-        at: now,
-        reason: "waiting for a worker",
-      });
-      let revision: number;
-      try {
-        revision = await this.options.jobs.create(id, job);
-      } catch (err) {
-        if (!(err instanceof AlreadyExistsError)) throw err;
-        const existing = await this.options.jobs.get(id);
-        if (!existing) throw new ResourceExhaustedError(`job ${id} is being replaced; retry`);
-        return { job: existing.value, created: false };
+    let id = request.jobId || "";
+    if (request.idempotencyKey) {
+      id = await this.claimKey(request.idempotencyKey, id || newId("j"));
+      if (request.jobId && id !== request.jobId) {
+        throw new InvalidArgumentError(
+          "idempotency_key",
+          `already names job ${JSON.stringify(id)}, not ${JSON.stringify(request.jobId)}`,
+        );
       }
-      this.remember({ key: id, value: job, revision });
-      this.dispatcher.enqueue(id, spec.priority);
-      return { job, created: true };
+    }
+    id ||= newId("j");
+    await this.checkDependencies(id, spec.dependsOn, "spec.depends_on");
+    return withSpan(Spans.submit, { attributes: { [Attr.jobId]: id, [Attr.scheduleId]: request.scheduleId } }, async () => {
+      const created = await this.createJob(id, spec, request, activeTraceId(), traceparentOf());
+      // A chain: each step depends on the one before. Created (if absent) on every
+      // submission, so a crash between the steps is repaired by submitting again.
+      let previous = id;
+      for (const [i, step] of spec.then.entries()) {
+        const stepId = `${id}.then${i + 1}`;
+        await this.createJob(
+          stepId,
+          { ...step, dependsOn: [previous] },
+          { ...request, idempotencyKey: "" },
+          created.job?.traceId ?? "",
+          created.job?.traceparent ?? "",
+        );
+        previous = stepId;
+      }
+      return created;
     });
   }
+
+  /** Creates the job if absent; either way returns the stored one. */
+  private async createJob(
+    id: string,
+    spec: JobSpec,
+    request: SubmitJobRequest,
+    traceId: string,
+    traceparent: string,
+  ): Promise<SubmitJobResponse> {
+    const now = this.clock();
+    const waits = spec.dependsOn.length > 0 || (request.notBefore !== undefined && request.notBefore > now);
+    const draft = Job.fromPartial({
+      id,
+      spec: { ...spec, then: [] },
+      scheduleId: request.scheduleId,
+      scheduledAt: request.scheduledAt,
+      submittedAt: now,
+      traceId,
+      traceparent,
+      idempotencyKey: request.idempotencyKey,
+      notBefore: request.notBefore,
+    });
+    const job = transition(draft, waits ? S.JOB_STATE_PENDING : S.JOB_STATE_QUEUED, {
+      actor: request.scheduleId ? "scheduler" : "client",
+      at: now,
+      reason: waits ? waitReason(spec, request.notBefore) : "waiting for a worker",
+    });
+    try {
+      const revision = await this.options.jobs.create(id, job);
+      this.remember({ key: id, value: job, revision });
+      return { job, created: true };
+    } catch (err) {
+      if (!(err instanceof AlreadyExistsError)) throw err;
+      const existing = await this.options.jobs.get(id);
+      if (!existing) throw new ResourceExhaustedError(`job ${id} is being replaced; retry`);
+      return { job: existing.value, created: false };
+    }
+  }
+
+  /** The job id an idempotency key names, claiming it for `id` when new. */
+  private async claimKey(key: string, id: string): Promise<string> {
+    const hash = keyHash(key);
+    const existing = await this.options.keys.get(hash);
+    if (existing) return existing.value.jobId;
+    try {
+      await this.options.keys.create(hash, { jobId: id, createdAt: this.clock() });
+      return id;
+    } catch (err) {
+      if (!(err instanceof AlreadyExistsError)) throw err;
+      return (await this.options.keys.get(hash))?.value.jobId ?? id;
+    }
+  }
+
+  /** Dependencies must exist when the job is submitted, so no cycle can form except a job naming itself. */
+  private async checkDependencies(id: string, dependsOn: string[], field: string): Promise<void> {
+    for (const [i, dep] of dependsOn.entries()) {
+      if (dep === id) throw new InvalidArgumentError(`${field}[${i}]`, "a job cannot depend on itself (cycle)");
+      if (!this.index.has(dep) && !(await this.options.jobs.get(dep))) {
+        throw new InvalidArgumentError(`${field}[${i}]`, `unknown job ${JSON.stringify(dep)}`);
+      }
+    }
+  }
+
+  // ---- reading ----------------------------------------------------------
 
   async get(id: string): Promise<Job> {
     if (!id) throw new InvalidArgumentError("job_id", "required");
@@ -148,14 +257,22 @@ export class JobManager {
   list(request: ListJobsRequest): ListJobsResponse {
     if (request.pageSize > MAX_PAGE) throw new InvalidArgumentError("page_size", `must be at most ${MAX_PAGE}`);
     const states = new Set(request.states);
+    const tags = Object.entries(request.tags);
+    const after = request.submittedAfter?.getTime() ?? -Infinity;
+    const before = request.submittedBefore?.getTime() ?? Infinity;
     const jobs = [...this.index.values()]
       .map((e) => e.value)
-      .filter(
-        (j) =>
+      .filter((j) => {
+        const submitted = j.submittedAt?.getTime() ?? 0;
+        return (
           (states.size === 0 || states.has(j.state)) &&
           (!request.scheduleId || j.scheduleId === request.scheduleId) &&
-          (!request.workerId || j.workerId === request.workerId),
-      )
+          (!request.workerId || j.workerId === request.workerId) &&
+          tags.every(([k, v]) => j.spec?.tags[k] === v) &&
+          submitted >= after &&
+          submitted < before
+        );
+      })
       .sort(newestFirst);
     let start = 0;
     if (request.pageToken) {
@@ -169,25 +286,52 @@ export class JobManager {
     return { jobs: page, nextPageToken: start + size < jobs.length && last ? last.id : "" };
   }
 
-  async cancel(id: string, reason: string): Promise<Job> {
-    const current = await this.get(id);
-    if (isTerminal(current.state)) {
-      throw new FailedPreconditionError(`job ${id} already finished (${stateName(current.state)})`);
+  /** The job once terminal, or as it is when `waitMs` or `signal` runs out. */
+  async result(id: string, waitMs: number, signal?: AbortSignal): Promise<Job> {
+    if (waitMs > MAX_RESULT_WAIT_MS) throw new InvalidArgumentError("wait", `must be at most ${MAX_RESULT_WAIT_MS / 1000} s`);
+    // Subscribe before reading, so a change in between is not missed.
+    let latest: Job | undefined;
+    let finish: () => void = () => {};
+    const finished = new Promise<void>((resolve) => (finish = resolve));
+    const unsubscribe = this.subscribe(id, (job) => {
+      latest = job;
+      if (isTerminal(job.state)) finish();
+    });
+    const timer = setTimeout(finish, waitMs || DEFAULT_RESULT_WAIT_MS);
+    signal?.addEventListener("abort", finish);
+    try {
+      const now = await this.get(id);
+      latest ??= now;
+      if (!isTerminal(latest.state)) await finished;
+      return latest;
+    } finally {
+      clearTimeout(timer);
+      unsubscribe();
+      signal?.removeEventListener("abort", finish);
     }
-    if (current.state === S.JOB_STATE_QUEUED || current.state === S.JOB_STATE_PENDING) {
-      const job = await this.write(id, (j) =>
-        j.state === S.JOB_STATE_QUEUED || j.state === S.JOB_STATE_PENDING
-          ? transition(j, S.JOB_STATE_CANCELLED, { actor: "user", at: this.clock(), reason: reason || "cancelled" })
-          : undefined,
-      );
-      if (job.state === S.JOB_STATE_CANCELLED) return job;
+  }
+
+  stats(): JobStats {
+    const byState: Record<string, number> = {};
+    for (const value of Object.values(JobState)) {
+      if (typeof value === "number" && value > 0) byState[stateName(value)] = 0;
     }
-    // Assigned or running: the agent stops it (TERM, grace, KILL) and reports CANCELLED.
-    const cancelReason = reason || "cancelled by user";
-    const live = await this.write(id, (j) => (isTerminal(j.state) ? undefined : { ...j, cancelReason }));
-    if (isTerminal(live.state)) return live;
-    await this.options.placer.cancel({ jobId: id, attempt: live.attempt, reason: cancelReason });
-    return live;
+    const depth = new Map<number, number>();
+    let oldest = Infinity;
+    for (const { value: job } of this.index.values()) {
+      const name = stateName(job.state);
+      byState[name] = (byState[name] ?? 0) + 1;
+      if (job.state === S.JOB_STATE_QUEUED) {
+        const p = effectivePriority(job.spec?.priority ?? 0);
+        depth.set(p, (depth.get(p) ?? 0) + 1);
+        oldest = Math.min(oldest, queuedSince(job));
+      }
+    }
+    return {
+      byState,
+      queueDepth: this.dispatcher.depths().map(({ priority }) => ({ priority, depth: depth.get(priority) ?? 0 })),
+      oldestQueuedAge: oldest === Infinity ? undefined : msToDuration(Math.max(0, this.clock().getTime() - oldest)),
+    };
   }
 
   /** Calls `onChange` with every later version of the job; returns the unsubscribe. */
@@ -195,6 +339,75 @@ export class JobManager {
     this.changes.on(id, onChange);
     return () => this.changes.off(id, onChange);
   }
+
+  // ---- control ----------------------------------------------------------
+
+  async cancel(id: string, reason: string): Promise<Job> {
+    const current = await this.get(id);
+    if (isTerminal(current.state)) {
+      throw new FailedPreconditionError(`job ${id} already finished (${stateName(current.state)})`);
+    }
+    const cancelReason = reason || "cancelled by user";
+    const waiting = (j: Job) => j.state === S.JOB_STATE_QUEUED || j.state === S.JOB_STATE_PENDING;
+    if (waiting(current)) {
+      const job = await this.write(id, (j) =>
+        waiting(j)
+          ? transition(j, S.JOB_STATE_CANCELLED, {
+              actor: "user",
+              at: this.clock(),
+              reason: cancelReason,
+              patch: { cancelReason },
+            })
+          : undefined,
+      );
+      if (job.state === S.JOB_STATE_CANCELLED) return job;
+    }
+    // Assigned or running: the agent stops it (TERM, grace, KILL) and reports CANCELLED.
+    const live = await this.write(id, (j) => (isTerminal(j.state) ? undefined : { ...j, cancelReason }));
+    if (isTerminal(live.state)) return live;
+    try {
+      await this.options.placer.cancel({ jobId: id, attempt: live.attempt, reason: cancelReason });
+    } catch (err) {
+      // Still being placed: the cancel is applied when the attempt reports it started.
+      if (!(err instanceof AspenError && err.code === status.NOT_FOUND)) throw err;
+    }
+    return live;
+  }
+
+  /** A failed, timed-out, lost or dead job goes back to the queue for a new attempt. */
+  async requeue(id: string, reason: string): Promise<Job> {
+    const current = await this.get(id);
+    if (!FAILURES.has(current.state) && current.state !== S.JOB_STATE_DEAD) {
+      throw new FailedPreconditionError(
+        `job ${id} is ${stateName(current.state)}; only DEAD, FAILED, TIMED_OUT or LOST jobs can be requeued`,
+      );
+    }
+    return this.write(id, (j) =>
+      transition(j, S.JOB_STATE_QUEUED, {
+        actor: "user",
+        at: this.clock(),
+        reason: `requeued${reason ? `: ${reason}` : ""}`,
+        patch: { notBefore: undefined, retryDelay: undefined, cancelReason: "" },
+      }),
+    );
+  }
+
+  /** Deletes DEAD jobs (all, or the listed ones) with their stored outputs. */
+  async purgeDeadLetters(ids: string[]): Promise<number> {
+    const targets =
+      ids.length > 0 ? ids : [...this.index.values()].filter((e) => e.value.state === S.JOB_STATE_DEAD).map((e) => e.key);
+    let purged = 0;
+    for (const [i, id] of targets.entries()) {
+      const job = this.index.get(id)?.value ?? (await this.options.jobs.get(id))?.value;
+      if (!job) throw new NotFoundError("job", id);
+      if (job.state !== S.JOB_STATE_DEAD)
+        throw new FailedPreconditionError(`job_ids[${i}]: job ${id} is ${stateName(job.state)}, not DEAD`);
+      if (await this.remove(id, (j) => j.state === S.JOB_STATE_DEAD)) purged++;
+    }
+    return purged;
+  }
+
+  // ---- attempt events ---------------------------------------------------
 
   /**
    * Applies attempt events reported by the coordinator. An event for an
@@ -230,8 +443,8 @@ export class JobManager {
     const e = event.event;
     if (!e) throw new InvalidArgumentError("events[].event", "required");
     switch (e.$case) {
-      case "started":
-        await this.write(event.jobId, (job) => {
+      case "started": {
+        const running = await this.write(event.jobId, (job) => {
           fence(job);
           if (job.state === S.JOB_STATE_RUNNING) return undefined;
           return transition(job, S.JOB_STATE_RUNNING, {
@@ -241,13 +454,20 @@ export class JobManager {
             patch: { startedAt: e.value.startedAt ?? this.clock(), workerId: event.workerId },
           });
         });
+        // A cancel that came while the attempt was being placed takes effect now.
+        if (running.cancelReason && running.state === S.JOB_STATE_RUNNING) {
+          this.options.placer
+            .cancel({ jobId: running.id, attempt: running.attempt, reason: running.cancelReason })
+            .catch((err: unknown) => this.log.warn({ job: running.id, err: (err as Error).message }, "late cancel failed"));
+        }
         return;
+      }
       case "finished": {
         const result = await offloadLargeOutput(e.value.result, event.jobId, event.attempt, this.options.outputs);
         await this.write(event.jobId, (job) => {
           fence(job);
           const [to, reason] = outcome(result, job);
-          return transition(job, to, {
+          const ended = transition(job, to, {
             actor,
             at: this.clock(),
             reason,
@@ -258,6 +478,7 @@ export class JobManager {
               finishedAt: result.finishedAt ?? this.clock(),
             },
           });
+          return this.afterFailure(ended, result.exitCode >= 0 && !result.signal && !result.error ? result.exitCode : undefined);
         });
         this.dispatcher.capacityFreed();
         return;
@@ -265,31 +486,74 @@ export class JobManager {
       case "lost":
         await this.write(event.jobId, (job) => {
           fence(job);
-          return transition(job, S.JOB_STATE_LOST, { actor: "coordinator", at: this.clock(), reason: e.value.reason });
+          const lost = transition(job, S.JOB_STATE_LOST, { actor: "coordinator", at: this.clock(), reason: e.value.reason });
+          return this.afterFailure(lost, undefined);
         });
         this.dispatcher.capacityFreed();
         return;
     }
   }
 
+  /** Applies the retry policy to a job that just ended FAILED, TIMED_OUT or LOST (in the same write). */
+  private afterFailure(job: Job, exitCode: number | undefined): Job {
+    if (!FAILURES.has(job.state)) return job;
+    const verdict = decideRetry(
+      job.spec?.retry,
+      job.spec?.atMostOnce ?? false,
+      { state: job.state, attempt: job.attempt, exitCode },
+      this.random,
+    );
+    const at = this.clock();
+    if (verdict.action === "retry") {
+      return transition(job, S.JOB_STATE_QUEUED, {
+        actor: "job-manager",
+        at,
+        reason: `${job.reason}; ${verdict.reason}`,
+        patch: { notBefore: new Date(at.getTime() + verdict.delayMs), retryDelay: msToDuration(verdict.delayMs) },
+      });
+    }
+    if (verdict.action === "dead") {
+      return transition(job, S.JOB_STATE_DEAD, { actor: "job-manager", at, reason: `${job.reason}; ${verdict.reason}` });
+    }
+    return job;
+  }
+
+  // ---- dispatch ---------------------------------------------------------
+
+  /**
+   * Places the job's next attempt. The attempt number is reserved in the
+   * record (QUEUED → ASSIGNED) before the coordinator is asked, so a crash
+   * can never send the same attempt twice; a refused placement puts it back.
+   */
   private async dispatchOne(id: string): Promise<DispatchOutcome> {
     return this.serial.run(id, async () => {
       const current = this.index.get(id)?.value;
       if (!current || current.state !== S.JOB_STATE_QUEUED) return "gone";
+      if (current.notBefore && current.notBefore.getTime() > this.clock().getTime()) return "gone"; // its timer queues it
       const attempt = current.attempt + 1;
       return withSpan(
         Spans.dispatch,
         { parent: contextFromTraceparent(current.traceparent), attributes: { [Attr.jobId]: id, [Attr.attempt]: attempt } },
         async (span) => {
-          let workerId: string;
+          const now = this.clock();
+          await this.writeLocked(id, (j) =>
+            transition(j, S.JOB_STATE_ASSIGNED, {
+              actor: "job-manager",
+              at: now,
+              reason: `placing attempt ${attempt}`,
+              patch: { attempt, workerId: "", assignedAt: now, startedAt: undefined, finishedAt: undefined },
+            }),
+          );
           try {
-            workerId = await this.options.placer.place({
+            const workerId = await this.options.placer.place({
               jobId: id,
               attempt,
               spec: current.spec,
               traceparent: traceparentOf(),
               submittedAt: current.submittedAt,
             });
+            span.setAttribute(Attr.workerId, workerId);
+            return "placed";
           } catch (err) {
             const outcome: DispatchOutcome =
               err instanceof FailedPreconditionError
@@ -299,27 +563,146 @@ export class JobManager {
                   : "unavailable";
             const message = err instanceof Error ? err.message : String(err);
             if (outcome === "unavailable") this.log.warn({ job: id, err: message }, "placement failed; will retry");
-            const reason = outcome === "no-capacity" ? `waiting for capacity: ${message}` : message;
             await this.writeLocked(id, (j) =>
-              j.reason === reason || j.state !== S.JOB_STATE_QUEUED ? undefined : { ...j, reason },
+              j.state !== S.JOB_STATE_ASSIGNED || j.attempt !== attempt
+                ? undefined
+                : transition(j, S.JOB_STATE_QUEUED, {
+                    actor: "job-manager",
+                    at: this.clock(),
+                    reason: outcome === "no-capacity" ? `waiting for capacity: ${message}` : message,
+                    patch: { attempt: attempt - 1, assignedAt: undefined },
+                  }),
             );
             return outcome;
           }
-          span.setAttribute(Attr.workerId, workerId);
-          const now = this.clock();
-          await this.writeLocked(id, (j) =>
-            transition(j, S.JOB_STATE_ASSIGNED, {
-              actor: "job-manager",
-              at: now,
-              reason: `assigned to ${workerId}`,
-              patch: { attempt, workerId, assignedAt: now },
-            }),
-          );
-          return "placed";
         },
       );
     });
   }
+
+  // ---- reacting to changes ----------------------------------------------
+
+  /** Moves a job on after any change: queue or delay it, track or release its dependencies. */
+  private react(job: Job): void {
+    if (this.closed) return;
+    const now = this.clock().getTime();
+    const notBefore = job.notBefore?.getTime() ?? 0;
+    if (job.state === S.JOB_STATE_QUEUED || job.state === S.JOB_STATE_PENDING) {
+      if (notBefore > now) {
+        this.delay(job.id, notBefore - now);
+        return;
+      }
+    }
+    if (job.state === S.JOB_STATE_QUEUED) {
+      this.dispatcher.enqueue(job.id, job.spec?.priority ?? 0, queuedSince(job));
+    } else if (job.state === S.JOB_STATE_PENDING) {
+      for (const dep of job.spec?.dependsOn ?? []) {
+        let set = this.dependants.get(dep);
+        if (!set) this.dependants.set(dep, (set = new Set()));
+        set.add(job.id);
+      }
+      void this.resolvePending(job.id);
+    } else if (isTerminal(job.state)) {
+      const waiting = this.dependants.get(job.id);
+      if (waiting) for (const dependant of waiting) void this.resolvePending(dependant);
+    }
+  }
+
+  private delay(id: string, ms: number): void {
+    clearTimeout(this.delays.get(id));
+    const timer = setTimeout(() => {
+      this.delays.delete(id);
+      const job = this.index.get(id)?.value;
+      if (!job) return;
+      if (job.state === S.JOB_STATE_PENDING) void this.resolvePending(id);
+      else this.react(job);
+    }, ms);
+    timer.unref();
+    this.delays.set(id, timer);
+  }
+
+  /** A pending job whose time has come and whose dependencies all succeeded is queued; one whose dependency failed is cancelled. */
+  private async resolvePending(id: string): Promise<void> {
+    try {
+      await this.write(id, (job) => {
+        if (job.state !== S.JOB_STATE_PENDING) return undefined;
+        const now = this.clock();
+        if (job.notBefore && job.notBefore > now) return undefined;
+        for (const dep of job.spec?.dependsOn ?? []) {
+          const d = this.index.get(dep)?.value;
+          if (!d) {
+            return transition(job, S.JOB_STATE_CANCELLED, {
+              actor: "job-manager",
+              at: now,
+              reason: `dependency ${dep} no longer exists`,
+            });
+          }
+          if (isTerminal(d.state) && d.state !== S.JOB_STATE_SUCCEEDED) {
+            return transition(job, S.JOB_STATE_CANCELLED, {
+              actor: "job-manager",
+              at: now,
+              reason: `dependency ${dep} ended ${stateName(d.state)}`,
+            });
+          }
+          if (d.state !== S.JOB_STATE_SUCCEEDED) return undefined;
+        }
+        return transition(job, S.JOB_STATE_QUEUED, {
+          actor: "job-manager",
+          at: now,
+          reason: "dependencies succeeded; waiting for a worker",
+        });
+      });
+    } catch (err) {
+      this.log.error({ job: id, err: (err as Error).message }, "could not resolve a pending job");
+    }
+  }
+
+  // ---- maintenance ------------------------------------------------------
+
+  /** Declares never-started assignments lost and applies retention. Runs every maintenanceIntervalMs. */
+  private async maintain(): Promise<void> {
+    const now = this.clock().getTime();
+    const jobs = [...this.index.values()].map((e) => e.value);
+    for (const job of stuckAssignments(jobs, now, this.options.assignTimeoutMs)) {
+      await this.write(job.id, (j) =>
+        j.state === S.JOB_STATE_ASSIGNED && j.attempt === job.attempt
+          ? this.afterFailure(
+              transition(j, S.JOB_STATE_LOST, {
+                actor: "job-manager",
+                at: this.clock(),
+                reason: `attempt ${j.attempt} was not started within ${this.options.assignTimeoutMs} ms`,
+              }),
+              undefined,
+            )
+          : undefined,
+      ).catch((err: unknown) => this.log.warn({ job: job.id, err: (err as Error).message }, "could not expire an assignment"));
+    }
+    const pinned = new Set<string>();
+    for (const [dep, waiting] of this.dependants) if (waiting.size > 0) pinned.add(dep);
+    for (const id of expiredJobs(jobs, now, this.options.retention, pinned)) {
+      await this.remove(id, (j) => isTerminal(j.state) && j.state !== S.JOB_STATE_DEAD).catch((err: unknown) =>
+        this.log.warn({ job: id, err: (err as Error).message }, "retention could not remove a job"),
+      );
+    }
+  }
+
+  /** Deletes a job record (if `still` holds for its current version), its outputs and its idempotency key. */
+  private async remove(id: string, still: (job: Job) => boolean): Promise<boolean> {
+    return this.serial.run(id, async () => {
+      const entry = this.index.get(id) ?? (await this.options.jobs.get(id));
+      if (!entry || !still(entry.value)) return false;
+      await this.options.jobs.delete(id, entry.revision);
+      this.index.delete(id);
+      this.dependants.delete(id);
+      const job = entry.value;
+      const objects = [job.result?.stdout?.objectName, job.result?.stderr?.objectName].filter((n): n is string => !!n);
+      await Promise.all(objects.map((name) => this.options.outputs.delete(name).catch(() => undefined)));
+      if (job.idempotencyKey) await this.options.keys.delete(keyHash(job.idempotencyKey)).catch(() => undefined);
+      return true;
+    });
+  }
+
+  // ---- writes -----------------------------------------------------------
 
   /** Applies `change` to the job in this process's per-job order. */
   private write(id: string, change: (job: Job) => Job | undefined): Promise<Job> {
@@ -348,9 +731,20 @@ export class JobManager {
   }
 
   private remember(entry: Versioned<Job>): void {
+    const previous = this.index.get(entry.key)?.value.state;
     this.index.set(entry.key, entry);
     this.changes.emit(entry.key, entry.value);
+    if (previous !== entry.value.state) this.react(entry.value);
   }
+}
+
+function keyHash(key: string): string {
+  return createHash("sha256").update(key).digest("base64url");
+}
+
+function waitReason(spec: JobSpec, notBefore: Date | undefined): string {
+  if (spec.dependsOn.length > 0) return `waiting for ${spec.dependsOn.join(", ")}`;
+  return `waiting until ${notBefore?.toISOString()}`;
 }
 
 function newestFirst(a: Job, b: Job): number {

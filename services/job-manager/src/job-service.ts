@@ -1,6 +1,6 @@
 /** aspen.v1.JobService over the JobManager: request checks and streaming live here, decisions in JobManager. */
 import { JobServiceService, type Job, type JobServiceServer } from "@aspen/proto";
-import { bindService, InvalidArgumentError, type ServiceBinding } from "@aspen/runtime";
+import { bindService, durationToMs, InvalidArgumentError, type ServiceBinding } from "@aspen/runtime";
 import { isTerminal } from "@aspen/model";
 import type { JobManager } from "./job-manager.js";
 
@@ -11,6 +11,20 @@ export function jobService(jobs: JobManager): ServiceBinding<JobServiceServer> {
     listJobs: async (req) => jobs.list(req),
     cancelJob: (req) => jobs.cancel(req.jobId, req.reason),
     reportAttempts: async (req) => ({ refusals: await jobs.report(req.events) }),
+    getJobResult: async (req, call) => {
+      const abort = new AbortController();
+      call.on("cancelled", () => abort.abort());
+      // Answer before the caller's own deadline runs out.
+      const deadline = call.getDeadline();
+      const deadlineMs = deadline instanceof Date ? deadline.getTime() : Number(deadline);
+      const untilDeadline = Number.isFinite(deadlineMs) ? Math.max(0, deadlineMs - Date.now() - 100) : Infinity;
+      const wait = req.wait ? durationToMs(req.wait) : 30_000;
+      if (wait < 0) throw new InvalidArgumentError("wait", "must not be negative");
+      return jobs.result(req.jobId, Math.min(wait, untilDeadline) || 1, abort.signal);
+    },
+    getStats: async () => jobs.stats(),
+    requeueJob: (req) => jobs.requeue(req.jobId, req.reason),
+    purgeDeadLetters: async (req) => ({ purged: await jobs.purgeDeadLetters(req.jobIds) }),
     watchJob: async (req, call) => {
       if (!req.jobId) throw new InvalidArgumentError("job_id", "required");
       // Subscribe before reading so no change between the read and the subscription is missed.

@@ -1,5 +1,5 @@
 /** Job-manager process: wires config, logging, telemetry, NATS and the gRPC server. */
-import { CoordinatorServiceClient, Job } from "@aspen/proto";
+import { CoordinatorServiceClient, IdempotencyRecord, Job } from "@aspen/proto";
 import { closeInOrder, createClient, createLogger, GrpcServer, runMain, startTelemetry, unaryCall } from "@aspen/runtime";
 import { Store } from "@aspen/store";
 import { loadJobManagerConfig } from "./config.js";
@@ -27,11 +27,16 @@ await runMain(log, async () => {
   };
   const jobs = new JobManager({
     jobs: await store.bucket("aspen_jobs", Job, { history: 1 }),
+    keys: await store.bucket("aspen_job_keys", IdempotencyRecord),
     outputs: await store.objects("aspen_outputs"),
     placer,
     log,
     dispatchConcurrency: config.ASPEN_DISPATCH_CONCURRENCY,
     retryDelayMs: config.ASPEN_DISPATCH_RETRY,
+    agingMs: config.ASPEN_PRIORITY_AGING,
+    assignTimeoutMs: config.ASPEN_ASSIGN_TIMEOUT,
+    retention: { perSchedule: config.ASPEN_RETAIN_PER_SCHEDULE, maxAgeMs: config.ASPEN_RETAIN_FOR },
+    maintenanceIntervalMs: config.ASPEN_MAINTENANCE_INTERVAL,
   });
   await jobs.start();
   const server = new GrpcServer({

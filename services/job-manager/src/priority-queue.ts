@@ -1,10 +1,13 @@
 /**
- * Queued job ids by priority class: strict order between classes (CRITICAL
- * first), submission order inside a class. Each id carries the sequence
- * number it got when first queued, so a job put back after a failed
- * placement regains its place rather than jumping the line or losing it.
- * Aging (so LOW never starves) arrives with the job-lifecycle issue;
- * docs/job-lifecycle.md records the rule.
+ * Queued job ids by priority class: CRITICAL, HIGH, NORMAL, LOW, in that
+ * order, submission order inside a class. Each id keeps the sequence number
+ * it got when first queued, so a job put back after a failed placement
+ * regains its place rather than jumping the line or losing it.
+ *
+ * Aging, so LOW never starves: a job's class rises by one for every
+ * `agingMs` it has waited (a LOW job waiting 3 × agingMs competes as
+ * CRITICAL). Between equal effective classes, the higher base class wins,
+ * then the older job.
  */
 import { Priority } from "@aspen/proto";
 import { MinHeap } from "@aspen/runtime";
@@ -21,26 +24,44 @@ export interface QueueEntry {
   priority: Priority;
   /** Order inside the class: lower first. */
   seq: number;
+  /** When it was first queued, ms since epoch (aging counts from here). */
+  queuedAtMs: number;
 }
 
 export class PriorityQueue {
-  private readonly classes = new Map(ORDER.map((p) => [p, new MinHeap<QueueEntry>((a, b) => a.seq < b.seq)]));
+  private readonly classes = ORDER.map(() => new MinHeap<QueueEntry>((a, b) => a.seq < b.seq));
+
+  constructor(
+    private readonly agingMs: number = Infinity,
+    private readonly now: () => number = Date.now,
+  ) {}
 
   get size(): number {
-    let n = 0;
-    for (const heap of this.classes.values()) n += heap.size;
-    return n;
+    return this.classes.reduce((n, heap) => n + heap.size, 0);
+  }
+
+  /** Queued jobs per class. */
+  depths(): Array<{ priority: Priority; depth: number }> {
+    return ORDER.map((priority, i) => ({ priority, depth: this.classes[i]?.size ?? 0 }));
   }
 
   push(entry: QueueEntry): void {
-    this.classes.get(effectivePriority(entry.priority))?.push(entry);
+    this.classes[ORDER.indexOf(effectivePriority(entry.priority))]?.push(entry);
   }
 
   pop(): QueueEntry | undefined {
-    for (const p of ORDER) {
-      const entry = this.classes.get(p)?.pop();
-      if (entry !== undefined) return entry;
-    }
-    return undefined;
+    const now = this.now();
+    let best = -1;
+    let bestRank = Infinity;
+    this.classes.forEach((heap, i) => {
+      const head = heap.peek();
+      if (!head) return;
+      const rank = i - Math.floor((now - head.queuedAtMs) / this.agingMs);
+      if (rank < bestRank) {
+        best = i;
+        bestRank = rank;
+      }
+    });
+    return best < 0 ? undefined : this.classes[best]?.pop();
   }
 }
