@@ -9,7 +9,7 @@ import { createHash } from "node:crypto";
 import { status } from "@grpc/grpc-js";
 import { EventEmitter } from "node:events";
 import {
-  IdempotencyRecord,
+  type IdempotencyRecord,
   Job,
   JobState,
   type AttemptEvent,
