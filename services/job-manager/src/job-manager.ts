@@ -12,6 +12,7 @@ import {
   type IdempotencyRecord,
   Job,
   JobState,
+  NodeSelector,
   type AttemptEvent,
   type AttemptResult,
   type CancelAttemptRequest,
@@ -92,6 +93,8 @@ export class JobManager {
   private readonly index = new Map<string, Versioned<Job>>();
   /** Pending jobs by the job they wait for. */
   private readonly dependants = new Map<string, Set<string>>();
+  /** Selectors no live worker matched, until when that answer is trusted, and its reason. */
+  private readonly unmatched = new Map<string, { untilMs: number; reason: string }>();
   /** Timers of jobs waiting for their not_before (retry backoff, delayed start). */
   private readonly delays = new Map<string, NodeJS.Timeout>();
   private readonly serial = new KeyedSerial();
@@ -530,6 +533,15 @@ export class JobManager {
       const current = this.index.get(id)?.value;
       if (!current || current.state !== S.JOB_STATE_QUEUED) return "gone";
       if (current.notBefore && current.notBefore.getTime() > this.clock().getTime()) return "gone"; // its timer queues it
+      // A selector no worker matched a moment ago is not asked again until retryDelayMs has passed.
+      const selector = selectorKey(current.spec);
+      const unmatched = this.unmatched.get(selector);
+      if (unmatched && unmatched.untilMs > this.clock().getTime()) {
+        await this.writeLocked(id, (j) =>
+          j.reason === unmatched.reason || j.state !== S.JOB_STATE_QUEUED ? undefined : { ...j, reason: unmatched.reason },
+        );
+        return "no-match";
+      }
       const attempt = current.attempt + 1;
       return withSpan(
         Spans.dispatch,
@@ -553,6 +565,7 @@ export class JobManager {
               submittedAt: current.submittedAt,
             });
             span.setAttribute(Attr.workerId, workerId);
+            this.unmatched.delete(selector);
             return "placed";
           } catch (err) {
             const outcome: DispatchOutcome =
@@ -563,6 +576,8 @@ export class JobManager {
                   : "unavailable";
             const message = err instanceof Error ? err.message : String(err);
             if (outcome === "unavailable") this.log.warn({ job: id, err: message }, "placement failed; will retry");
+            if (outcome === "no-match")
+              this.unmatched.set(selector, { untilMs: this.clock().getTime() + this.options.retryDelayMs, reason: message });
             await this.writeLocked(id, (j) =>
               j.state !== S.JOB_STATE_ASSIGNED || j.attempt !== attempt
                 ? undefined
@@ -736,6 +751,12 @@ export class JobManager {
     this.changes.emit(entry.key, entry.value);
     if (previous !== entry.value.state) this.react(entry.value);
   }
+}
+
+/** Identity of a job's placement constraints, for the no-match cache. */
+function selectorKey(spec: JobSpec | undefined): string {
+  const sel = spec?.placement?.selector;
+  return sel ? JSON.stringify(NodeSelector.toJSON(sel)) : "";
 }
 
 function keyHash(key: string): string {
