@@ -20,7 +20,7 @@ export const JobManagerConfigSchema = z.object({
   ASPEN_PRIORITY_AGING: env.durationMs("60s"),
   /** An assigned attempt that has not started within this is declared LOST (and retried per policy). */
   ASPEN_ASSIGN_TIMEOUT: env.durationMs("30s"),
-  /** Finished jobs kept per schedule (and for unscheduled jobs together), newest first. DEAD jobs stay until purged. */
+  /** Finished jobs kept per schedule, newest first (jobs not fired by a schedule: by age only). DEAD jobs stay until purged. */
   ASPEN_RETAIN_PER_SCHEDULE: env.int(1000, 1, 10_000_000),
   /** Finished jobs older than this are removed with their outputs. */
   ASPEN_RETAIN_FOR: env.durationMs("7d"),

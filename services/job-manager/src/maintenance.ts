@@ -6,7 +6,7 @@ import { JobState, type Job } from "@aspen/proto";
 import { isTerminal } from "@aspen/model";
 
 export interface RetentionPolicy {
-  /** Finished jobs kept per schedule (and for unscheduled jobs together), newest first. */
+  /** Finished jobs kept per schedule, newest first. Jobs not fired by a schedule are kept by age only. */
   perSchedule: number;
   /** Finished jobs older than this (by finish time) are removed, ms. */
   maxAgeMs: number;
@@ -29,7 +29,8 @@ export function expiredJobs(jobs: Iterable<Job>, nowMs: number, policy: Retentio
   for (const group of groups.values()) {
     group.sort((a, b) => finishedMs(b) - finishedMs(a));
     group.forEach((job, i) => {
-      if (i >= policy.perSchedule || nowMs - finishedMs(job) > policy.maxAgeMs) expired.push(job.id);
+      const overCount = job.scheduleId !== "" && i >= policy.perSchedule;
+      if (overCount || nowMs - finishedMs(job) > policy.maxAgeMs) expired.push(job.id);
     });
   }
   return expired;
