@@ -11,6 +11,14 @@ export const SchedulerConfigSchema = z.object({
   ASPEN_JOB_MANAGER_ADDR: env.string("127.0.0.1:50052"),
   /** Most schedules stored (RESOURCE_EXHAUSTED past it). */
   ASPEN_MAX_SCHEDULES: env.int(100_000, 1, 10_000_000),
+  /** This replica's id in the lease and in records it writes. Default: host-pid-random. */
+  ASPEN_REPLICA_ID: env.string(""),
+  /** Firing lease: a standby takes over after this long without a renewal, ms (renewed every ttl/4). */
+  ASPEN_LEASE_TTL_MS: env.int(3_000, 400, 600_000),
+  /** An instant at most this late is fired late; older ones are missed and follow the catch-up policy, ms. */
+  ASPEN_MISFIRE_GRACE_MS: env.int(5_000, 0, 86_400_000),
+  /** How often queued fires (conflict QUEUE) ask the job-manager whether the previous run ended, ms. */
+  ASPEN_QUEUE_POLL_MS: env.int(500, 50, 60_000),
   ASPEN_LOG_LEVEL: env.logLevel(),
 });
 

@@ -1,8 +1,12 @@
-/** Scheduler process: wires config, logging, telemetry, NATS and the gRPC server. */
-import { JobServiceClient, Schedule } from "@aspen/proto";
+/** Scheduler process: wires config, logging, telemetry, NATS, the firing lease and the gRPC server. */
+import { randomBytes } from "node:crypto";
+import { hostname } from "node:os";
+import { JobServiceClient, ListJobsRequest, Schedule, SchedulerLease } from "@aspen/proto";
 import { closeInOrder, createClient, createLogger, GrpcServer, runMain, startTelemetry, unaryCall } from "@aspen/runtime";
 import { Store } from "@aspen/store";
 import { loadSchedulerConfig } from "./config.js";
+import { Lease } from "./lease.js";
+import { createMetrics } from "./metrics.js";
 import { Scheduler } from "./scheduler.js";
 import { schedulerService } from "./scheduler-service.js";
 
@@ -11,6 +15,7 @@ const log = createLogger("scheduler");
 await runMain(log, async () => {
   const config = loadSchedulerConfig();
   log.level = config.ASPEN_LOG_LEVEL;
+  const replicaId = config.ASPEN_REPLICA_ID || `${hostname()}-${process.pid}-${randomBytes(3).toString("hex")}`;
   const telemetry = startTelemetry("aspen-scheduler");
   const store = await Store.connect({
     servers: config.ASPEN_NATS_SERVERS,
@@ -21,23 +26,44 @@ await runMain(log, async () => {
   const jobManager = createClient(JobServiceClient, config.ASPEN_JOB_MANAGER_ADDR);
   const scheduler = new Scheduler({
     schedules: await store.bucket("aspen_schedules", Schedule),
-    submit: (req) => unaryCall(jobManager.submitJob.bind(jobManager), req),
+    jobs: {
+      submit: (req) => unaryCall(jobManager.submitJob.bind(jobManager), req),
+      get: (jobId) => unaryCall(jobManager.getJob.bind(jobManager), { jobId }),
+      list: (req) => unaryCall(jobManager.listJobs.bind(jobManager), ListJobsRequest.fromPartial(req)),
+      cancel: (jobId, reason) => unaryCall(jobManager.cancelJob.bind(jobManager), { jobId, reason }),
+    },
     log,
+    replicaId,
     maxSchedules: config.ASPEN_MAX_SCHEDULES,
+    misfireGraceMs: config.ASPEN_MISFIRE_GRACE_MS,
+    queuePollMs: config.ASPEN_QUEUE_POLL_MS,
+    metrics: createMetrics(),
   });
   await scheduler.start();
+  const lease = new Lease({
+    bucket: await store.bucket("aspen_scheduler_lease", SchedulerLease),
+    replicaId,
+    ttlMs: config.ASPEN_LEASE_TTL_MS,
+    log,
+    onAcquire: (token) => {
+      scheduler.lead(token).catch((err: unknown) => log.error({ err: (err as Error).message }, "could not arm schedules"));
+    },
+    onLose: () => scheduler.stepDown(),
+  });
+  lease.start();
   const server = new GrpcServer({
     host: config.ASPEN_GRPC_HOST,
     port: config.ASPEN_GRPC_PORT,
     log,
-    services: [schedulerService(scheduler)],
+    services: [schedulerService(scheduler, lease)],
   });
   const port = await server.start();
-  log.info({ port }, "scheduler ready");
+  log.info({ port, replica: replicaId }, "scheduler ready");
   return {
     close: () =>
       closeInOrder(log, [
         ["grpc server", () => server.close()],
+        ["lease", () => lease.close()],
         ["timers", () => scheduler.close()],
         ["job-manager client", () => jobManager.close()],
         ["nats", () => store.close()],

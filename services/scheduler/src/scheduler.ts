@@ -5,20 +5,42 @@
  * the job under the id derived from (schedule id, instant), then advances.
  * A crash between record and submit is resolved on restart by submitting the
  * same id again: the job-manager's create-if-absent makes it one job.
+ *
+ * Several replicas may run: every replica serves the API (all writes are
+ * CAS) and follows the bucket; only the holder of the firing lease arms
+ * timers. `status.next_fire_at` is the next instant not yet fired: whoever
+ * leads next starts from it, and what lies more than the misfire grace behind
+ * now is "missed" and handled by the schedule's catch-up policy.
  */
 import {
+  CatchUpPolicy,
+  ConflictPolicy,
+  JobState,
   Schedule,
+  ScheduleSpec,
+  ScheduleStatus,
+  SubmitJobRequest,
+  type BackfillScheduleRequest,
+  type BackfillScheduleResponse,
   type CreateScheduleRequest,
+  type Job,
+  type ListJobsRequest,
+  type ListJobsResponse,
   type ListSchedulesRequest,
   type ListSchedulesResponse,
   type PreviewScheduleRequest,
   type PreviewScheduleResponse,
-  type SubmitJobRequest,
   type SubmitJobResponse,
+  type TriggerScheduleResponse,
+  type UpdateScheduleRequest,
 } from "@aspen/proto";
 import {
   AlreadyExistsError,
+  AspenError,
   Attr,
+  ConflictError,
+  durationToMs,
+  FailedPreconditionError,
   InvalidArgumentError,
   isRetryable,
   msToDuration,
@@ -32,27 +54,67 @@ import {
 } from "@aspen/runtime";
 import { fireJobId, newId, SCHEDULE_ID, validateJobSpec } from "@aspen/model";
 import type { Bucket, Versioned } from "@aspen/store";
-import { compileRule, countBetween, validateScheduleSpec, type FireRule } from "./fire-times.js";
+import {
+  compileRule,
+  DEFAULT_CATCH_UP_LIMIT,
+  DEFAULT_MAX_QUEUED,
+  firesBetween,
+  validateScheduleSpec,
+  type FireRule,
+} from "./fire-times.js";
+import type { SchedulerMetrics } from "./metrics.js";
 import { TimerQueue } from "./timer-queue.js";
+
+/** What the scheduler needs from the job-manager. */
+export interface JobManagerApi {
+  submit(request: SubmitJobRequest): Promise<SubmitJobResponse>;
+  get(jobId: string): Promise<Job>;
+  list(request: Partial<ListJobsRequest>): Promise<ListJobsResponse>;
+  cancel(jobId: string, reason: string): Promise<Job>;
+}
 
 export interface SchedulerOptions {
   schedules: Bucket<Schedule>;
-  /** SubmitJob on the job-manager. */
-  submit: (request: SubmitJobRequest) => Promise<SubmitJobResponse>;
+  jobs: JobManagerApi;
   log: Logger;
   maxSchedules: number;
+  /** This replica's id (written into the records it writes). */
+  replicaId?: string;
+  /** An instant this much behind now is fired late; older ones are missed (catch-up policy). Default 5 s. */
+  misfireGraceMs?: number;
+  /** How often queued fires (conflict QUEUE) check whether the running job ended, ms. Default 500. */
+  queuePollMs?: number;
+  metrics?: SchedulerMetrics;
   clock?: () => number;
 }
 
 interface Armed {
   record: Versioned<Schedule>;
   rule: FireRule;
+  specKey: string;
 }
+
+type FireMode = "schedule" | "catch-up" | "queued" | "trigger" | "backfill" | "recover";
 
 const DEFAULT_PAGE = 100;
 const MAX_PAGE = 1000;
 const MAX_PREVIEW = 1000;
+const MAX_BACKFILL = 1000;
 const SUBMIT_BACKOFF_MAX_MS = 5_000;
+const S = JobState;
+const ACTIVE = [S.JOB_STATE_PENDING, S.JOB_STATE_QUEUED, S.JOB_STATE_ASSIGNED, S.JOB_STATE_RUNNING];
+
+/** A write refused because a newer lease holder already wrote the record. */
+class FencedError extends AspenError {
+  constructor(id: string, stored: number, mine: number) {
+    super(10 /* ABORTED */, `schedule ${id}: written under fencing token ${stored}, ours is ${mine}`);
+    this.name = "FencedError";
+  }
+}
+
+function statusOf(s: Schedule): ScheduleStatus {
+  return ScheduleStatus.fromPartial(s.status ?? {});
+}
 
 export class Scheduler {
   private readonly schedules = new Map<string, Armed>();
@@ -60,53 +122,111 @@ export class Scheduler {
   private readonly clock: () => number;
   private readonly log: Logger;
   private readonly inFlight = new Set<Promise<void>>();
+  private readonly tails = new Map<string, Promise<void>>();
+  private readonly replicaId: string;
+  private readonly graceMs: number;
+  private leading = false;
+  private token = 0;
   private closed = false;
+  private stopWatch: (() => void) | undefined;
+  private queueTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly options: SchedulerOptions) {
     this.clock = options.clock ?? Date.now;
     this.log = options.log;
-    this.timers = new TimerQueue((id, dueMs) => this.track(this.fire(id, dueMs)), this.clock);
+    this.replicaId = options.replicaId ?? "scheduler";
+    this.graceMs = options.misfireGraceMs ?? 5_000;
+    this.timers = new TimerQueue((id, dueMs) => this.chain(id, () => this.runDue(id, dueMs)), this.clock);
   }
 
-  /** Loads every schedule, finishes fires a crash interrupted, and arms the rest. */
+  get isLeading(): boolean {
+    return this.leading;
+  }
+
+  get size(): number {
+    return this.schedules.size;
+  }
+
+  get armedCount(): number {
+    return this.timers.size;
+  }
+
+  /** Loads every schedule and follows the bucket. Fires nothing until lead() is called. */
   async start(): Promise<void> {
-    const now = this.clock();
+    this.stopWatch = await this.options.schedules.watch(">", (key, value) => this.onChange(key, value));
     const all = await this.options.schedules.all();
-    for (const record of all) {
-      const s = record.value;
-      let rule: FireRule;
-      try {
-        validateScheduleSpec(s.spec, undefined);
-        rule = compileRule(s.spec, { createdAtMs: s.createdAt?.getTime() ?? now });
-      } catch (err) {
-        // A stored schedule this version cannot read is reported, never silently dropped or fired blind.
-        this.log.error(
-          { schedule: s.id, err: (err as Error).message },
-          "stored schedule is not valid for this version; not armed",
-        );
-        continue;
-      }
-      this.schedules.set(s.id, { record, rule });
-      if (s.paused) continue;
-      const firingAt = s.status?.firingAt;
-      if (firingAt) {
-        this.log.warn(
-          { schedule: s.id, nominal: firingAt.toISOString() },
-          "resuming a fire interrupted before it was recorded as submitted",
-        );
-        this.track(this.fire(s.id, firingAt.getTime()));
-      } else {
-        this.track(this.catchUpAndArm(s.id, now));
-      }
+    for (const record of all) this.load(record);
+    this.log.info({ schedules: all.length }, "schedules loaded");
+  }
+
+  private load(record: Versioned<Schedule>): Armed | undefined {
+    const s = record.value;
+    try {
+      validateScheduleSpec(s.spec, undefined);
+      const rule = compileRule(s.spec, { createdAtMs: s.createdAt?.getTime() ?? this.clock(), scheduleId: s.id });
+      const armed = { record, rule, specKey: specKey(s) };
+      this.schedules.set(s.id, armed);
+      return armed;
+    } catch (err) {
+      // A stored schedule this version cannot read is reported, never silently dropped or fired blind.
+      this.log.error({ schedule: s.id, err: (err as Error).message }, "stored schedule is not valid for this version; not armed");
+      return undefined;
     }
-    this.log.info({ schedules: all.length, armed: this.timers.size }, "schedules loaded");
+  }
+
+  /** A change written by anyone (this replica included) arrives here. */
+  private onChange(key: string, value: Versioned<Schedule> | undefined): void {
+    if (this.closed) return;
+    const known = this.schedules.get(key);
+    if (!value) {
+      if (known) {
+        this.schedules.delete(key);
+        this.timers.disarm(key);
+      }
+      return;
+    }
+    if (known && known.record.revision >= value.revision) return;
+    if (value.value.status?.writer === this.replicaId && known) {
+      known.record = value;
+      return;
+    }
+    const armed = known && known.specKey === specKey(value.value) ? Object.assign(known, { record: value }) : this.load(value);
+    if (armed && this.leading) this.reconcile(key);
+  }
+
+  /** Becomes the firing replica under fencing token `token`: re-reads everything and arms it. */
+  async lead(token: number): Promise<void> {
+    this.token = token;
+    this.leading = true;
+    const t0 = this.clock();
+    const all = await this.options.schedules.all();
+    if (!this.leading || this.token !== token) return;
+    for (const record of all) {
+      const known = this.schedules.get(record.key);
+      if (!known || known.record.revision < record.revision) this.load(record);
+    }
+    for (const id of this.schedules.keys()) this.reconcile(id);
+    this.queueTimer = setInterval(() => this.pollQueues(), this.options.queuePollMs ?? 500);
+    this.queueTimer.unref();
+    this.log.info({ token, schedules: this.schedules.size, armed: this.timers.size, ms: this.clock() - t0 }, "schedules armed");
+  }
+
+  /** Stops firing (the lease was lost or released). Fires in flight finish; their writes are fenced. */
+  stepDown(): void {
+    this.leading = false;
+    this.timers.clear();
+    clearInterval(this.queueTimer);
   }
 
   async close(): Promise<void> {
     this.closed = true;
+    this.stepDown();
     this.timers.close();
+    this.stopWatch?.();
     await Promise.allSettled([...this.inFlight]);
   }
+
+  // ---------------------------------------------------------------- API
 
   async create(request: CreateScheduleRequest): Promise<Schedule> {
     if (request.scheduleId && !SCHEDULE_ID.test(request.scheduleId)) {
@@ -117,10 +237,12 @@ export class Scheduler {
     validateScheduleSpec(request.spec, now, "spec");
     validateJobSpec(request.job, "job");
     if (this.schedules.size >= this.options.maxSchedules) {
-      throw new ResourceExhaustedError(`schedule limit reached (${this.options.maxSchedules} schedules)`);
+      throw new ResourceExhaustedError(
+        `schedule limit reached: ${this.schedules.size} of ${this.options.maxSchedules} (ASPEN_MAX_SCHEDULES); delete some first`,
+      );
     }
     const id = request.scheduleId || newId("s").toLowerCase();
-    const rule = compileRule(request.spec, { createdAtMs: now });
+    const rule = compileRule(request.spec, { createdAtMs: now, scheduleId: id });
     const next = request.paused ? undefined : rule.next(now, 0);
     const schedule = Schedule.fromPartial({
       id,
@@ -131,13 +253,13 @@ export class Scheduler {
       tags: request.tags,
       createdAt: new Date(now),
       updatedAt: new Date(now),
-      status: { nextFireAt: next === undefined ? undefined : new Date(next) },
+      status: { nextFireAt: next === undefined ? undefined : new Date(next), writer: this.replicaId },
     });
     const revision = await this.options.schedules.create(id, schedule).catch((err: unknown) => {
       throw err instanceof AlreadyExistsError ? new AlreadyExistsError("schedule", id) : err;
     });
-    this.schedules.set(id, { record: { key: id, value: schedule, revision }, rule });
-    if (next !== undefined) this.timers.arm(id, next);
+    this.schedules.set(id, { record: { key: id, value: schedule, revision }, rule, specKey: specKey(schedule) });
+    if (next !== undefined && this.leading) this.timers.arm(id, next);
     this.log.info({ schedule: id, next: next && new Date(next).toISOString() }, "schedule created");
     return schedule;
   }
@@ -177,19 +299,108 @@ export class Scheduler {
       paused: true,
       pauseNote: note,
       updatedAt: new Date(this.clock()),
-      status: { ...emptyStatus(), ...s.status, nextFireAt: undefined },
+      status: { ...statusOf(s), nextFireAt: undefined },
     }));
     this.log.info({ schedule: id, note }, "schedule paused");
     return updated;
   }
 
+  /** Fires again; instants that passed while paused follow the catch-up policy. */
   async resume(id: string): Promise<Schedule> {
     const armed = this.require(id);
     if (!armed.record.value.paused) return armed.record.value;
-    await this.update(id, (s) => ({ ...s, paused: false, pauseNote: "", updatedAt: new Date(this.clock()) }));
-    await this.catchUpAndArm(id, this.clock());
+    await this.update(id, (s) => ({
+      ...s,
+      paused: false,
+      pauseNote: "",
+      updatedAt: new Date(this.clock()),
+      status: { ...statusOf(s), nextFireAt: undefined },
+    }));
+    if (this.leading) {
+      this.reconcile(id);
+      await this.tails.get(id);
+    }
     this.log.info({ schedule: id }, "schedule resumed");
     return this.require(id).record.value;
+  }
+
+  async updateSchedule(request: UpdateScheduleRequest): Promise<Schedule> {
+    const armed = this.require(request.scheduleId);
+    const now = this.clock();
+    if (request.name !== undefined && request.name.length > 256)
+      throw new InvalidArgumentError("name", "longer than 256 characters");
+    if (request.spec) validateScheduleSpec(request.spec, now, "spec");
+    if (request.job) validateJobSpec(request.job, "job");
+    const id = request.scheduleId;
+    const specChanged = request.spec !== undefined && JSON.stringify(request.spec) !== armed.specKey;
+    const createdAtMs = armed.record.value.createdAt?.getTime() ?? now;
+    const rule = request.spec && specChanged ? compileRule(request.spec, { createdAtMs, scheduleId: id }) : armed.rule;
+    if (specChanged) this.timers.disarm(id);
+    const updated = await this.update(id, (s) => {
+      const status = statusOf(s);
+      const next = specChanged && !s.paused ? rule.next(now, status.fireCount, 0) : status.nextFireAt?.getTime();
+      return {
+        ...s,
+        name: request.name ?? s.name,
+        spec: request.spec ?? s.spec,
+        job: request.job ?? s.job,
+        tags: request.replaceTags || Object.keys(request.tags).length > 0 ? request.tags : s.tags,
+        updatedAt: new Date(now),
+        status: {
+          ...status,
+          nextFireAt: next === undefined ? undefined : new Date(next),
+          backoffStep: specChanged ? 0 : status.backoffStep,
+        },
+      };
+    });
+    if (specChanged) {
+      const current = this.schedules.get(id);
+      if (current) Object.assign(current, { rule, specKey: specKey(updated) });
+      if (this.leading) this.reconcile(id);
+    }
+    this.log.info({ schedule: id, specChanged, next: updated.status?.nextFireAt?.toISOString() }, "schedule updated");
+    return updated;
+  }
+
+  /** Fires now under the conflict policy. */
+  async trigger(id: string): Promise<TriggerScheduleResponse> {
+    this.require(id);
+    const at = this.clock();
+    let result: TriggerScheduleResponse = { at: new Date(at), jobId: fireJobId(id, at), outcome: "", reason: "" };
+    await this.chain(id, async () => {
+      const outcome = await this.fire(id, at, "trigger");
+      result = { ...result, outcome: outcome.outcome, reason: outcome.reason };
+    });
+    if (!result.outcome) throw new FailedPreconditionError(`schedule ${id}: trigger did not complete; see the scheduler log`);
+    return result;
+  }
+
+  /** Fires every instant of the spec in [from, to], each under its own derived job id. */
+  async backfill(request: BackfillScheduleRequest): Promise<BackfillScheduleResponse> {
+    const armed = this.require(request.scheduleId);
+    if (!request.from) throw new InvalidArgumentError("from", "required");
+    if (!request.to) throw new InvalidArgumentError("to", "required");
+    const from = request.from.getTime();
+    const to = request.to.getTime();
+    if (to < from) throw new InvalidArgumentError("to", "must not be before from");
+    if (to > this.clock()) throw new InvalidArgumentError("to", "is in the future: backfill fires past instants only");
+    const range = firesBetween(armed.rule, from - 1, to, { fireCount: 0 }, MAX_BACKFILL + 1, MAX_BACKFILL + 1);
+    if (range.total > MAX_BACKFILL) {
+      throw new InvalidArgumentError("to", `the range holds more than ${MAX_BACKFILL} instants; split it`);
+    }
+    const jobIds: string[] = [];
+    let created = 0;
+    for (const at of range.instants) {
+      await this.chain(request.scheduleId, async () => {
+        const outcome = await this.fire(request.scheduleId, at, "backfill");
+        if (outcome.outcome === "submitted") {
+          jobIds.push(fireJobId(request.scheduleId, at));
+          if (outcome.created) created++;
+        }
+      });
+    }
+    this.log.info({ schedule: request.scheduleId, instants: range.total, created }, "backfilled");
+    return { jobIds, created };
   }
 
   preview(request: PreviewScheduleRequest): PreviewScheduleResponse {
@@ -198,65 +409,329 @@ export class Scheduler {
     const target = request.target;
     let rule: FireRule;
     let fireCount = 0;
-    let skipReason = "";
+    let backoffStep = 0;
+    let pausedReason = "";
     if (target?.$case === "scheduleId") {
       const armed = this.require(target.value);
       rule = armed.rule;
       fireCount = armed.record.value.status?.fireCount ?? 0;
+      backoffStep = armed.record.value.status?.backoffStep ?? 0;
       const { paused, pauseNote } = armed.record.value;
-      if (paused) skipReason = `schedule is paused${pauseNote ? `: ${pauseNote}` : ""}`;
+      if (paused) pausedReason = `schedule is paused${pauseNote ? `: ${pauseNote}` : ""}`;
     } else if (target?.$case === "spec") {
       validateScheduleSpec(target.value, now, "spec");
       rule = compileRule(target.value, { createdAtMs: now });
     } else {
       throw new InvalidArgumentError("target", "set schedule_id or spec");
     }
-    const fires: PreviewScheduleResponse["fires"] = [];
-    let t = request.after?.getTime() ?? now;
-    for (let i = 0; i < (request.count || 10); i++) {
-      const next = rule.next(t, fireCount + i);
-      if (next === undefined) break;
-      fires.push({ at: new Date(next), skipReason });
-      t = next;
-    }
-    return { fires };
+    const events = rule.events(request.after?.getTime() ?? now, { fireCount, backoffStep }, request.count || 10);
+    return { fires: events.map((e) => ({ at: new Date(e.at), skipReason: pausedReason || e.skip || "" })) };
+  }
+
+  // ---------------------------------------------------------------- firing
+
+  /** Runs `work` after every earlier piece of work of the same schedule. */
+  private chain(id: string, work: () => Promise<void>): Promise<void> {
+    const previous = this.tails.get(id) ?? Promise.resolve();
+    const next = previous.then(work).catch((err: unknown) => {
+      if (err instanceof NotFoundError) return;
+      this.log.error({ schedule: id, err: (err as Error).message }, "schedule task failed");
+    });
+    this.tails.set(id, next);
+    this.inFlight.add(next);
+    void next.finally(() => {
+      this.inFlight.delete(next);
+      if (this.tails.get(id) === next) this.tails.delete(id);
+    });
+    return next;
   }
 
   /**
-   * Fires the nominal instant `nominalMs` of schedule `id`: record, submit
-   * (retrying until the job-manager answers), advance and re-arm.
+   * Arms a schedule from its stored state (leader only): an interrupted fire
+   * is finished first; an instant more than the grace behind now goes through
+   * catch-up; anything else is armed as it is.
    */
-  private async fire(id: string, nominalMs: number): Promise<void> {
+  private reconcile(id: string): void {
     const armed = this.schedules.get(id);
-    if (!armed || armed.record.value.paused || this.closed) return;
-    const nominal = new Date(nominalMs);
-    try {
-      await this.update(id, (s) => ({ ...s, status: { ...emptyStatus(), ...s.status, firingAt: nominal } }));
-    } catch (err) {
-      this.log.error({ schedule: id, err: (err as Error).message }, "could not record the fire; retrying");
-      this.retryLater(id, nominalMs);
+    if (!armed || !this.leading) return;
+    const s = armed.record.value;
+    if (s.paused) {
+      this.timers.disarm(id);
       return;
     }
-    const job = armed.record.value.job;
-    const jobId = fireJobId(id, nominalMs);
+    const status = statusOf(s);
+    const next = status.nextFireAt?.getTime();
+    const now = this.clock();
+    if (!status.firingAt && next !== undefined && next >= now - this.graceMs) {
+      this.timers.arm(id, next);
+      return;
+    }
+    if (!status.firingAt && next === undefined && status.lastFireAt === undefined && s.createdAt === undefined) return;
+    void this.chain(id, async () => {
+      const current = this.schedules.get(id);
+      if (!current || current.record.value.paused || !this.leading) return;
+      const st = statusOf(current.record.value);
+      if (st.firingAt) {
+        this.log.warn(
+          { schedule: id, nominal: st.firingAt.toISOString() },
+          "resuming a fire interrupted before it was recorded as submitted",
+        );
+        await this.fire(id, st.firingAt.getTime(), "recover");
+      }
+      const after = this.statusNow(id);
+      const n = after.nextFireAt?.getTime();
+      if (n !== undefined && n >= this.clock() - this.graceMs) {
+        if (this.leading) this.timers.arm(id, n);
+        return;
+      }
+      // Either never armed (resumed, or finished) or behind: everything after the last fire.
+      const from =
+        n !== undefined ? n - 1 : (after.lastFireAt?.getTime() ?? current.record.value.createdAt?.getTime() ?? this.clock());
+      if (n === undefined && after.lastFireAt === undefined && current.record.value.createdAt === undefined) return;
+      await this.catchUp(id, from);
+    });
+  }
+
+  private statusNow(id: string): ScheduleStatus {
+    const armed = this.schedules.get(id);
+    if (!armed) throw new NotFoundError("schedule", id);
+    return statusOf(armed.record.value);
+  }
+
+  /** The timer of `dueMs` went off. */
+  private async runDue(id: string, dueMs: number): Promise<void> {
+    const armed = this.schedules.get(id);
+    if (!armed || armed.record.value.paused || !this.leading) return;
+    const status = statusOf(armed.record.value);
+    if (status.nextFireAt?.getTime() !== dueMs) return; // re-armed or moved meanwhile
+    if (dueMs < this.clock() - this.graceMs) {
+      await this.catchUp(id, dueMs - 1);
+      return;
+    }
+    await this.fire(id, dueMs, "schedule");
+    this.armNext(id);
+  }
+
+  private armNext(id: string): void {
+    const armed = this.schedules.get(id);
+    if (!armed || !this.leading || armed.record.value.paused) return;
+    const next = statusOf(armed.record.value).nextFireAt?.getTime();
+    if (next === undefined) return;
+    if (next < this.clock() - this.graceMs) void this.chain(id, () => this.catchUp(id, next - 1));
+    else this.timers.arm(id, next);
+  }
+
+  /**
+   * Instants after `fromMs` up to now: those within the grace fire (late);
+   * older ones are missed and handled by the catch-up policy and window.
+   */
+  private async catchUp(id: string, fromMs: number): Promise<void> {
+    const armed = this.schedules.get(id);
+    if (!armed || !this.leading) return;
+    const s = armed.record.value;
+    const spec = s.spec;
+    if (!spec) return;
+    const status = statusOf(s);
+    const state = { fireCount: status.fireCount, backoffStep: status.backoffStep };
+    const now = this.clock();
+    const missedUpTo = now - this.graceMs;
+    const windowMs = durationToMs(spec.catchUpWindow);
+    const windowStart = windowMs > 0 ? now - windowMs : -Infinity;
+    let counted = 0;
+    let from = fromMs;
+    // Older than the window: skipped and counted whatever the policy.
+    if (windowStart > from) {
+      const old = firesBetween(armed.rule, from, Math.min(windowStart - 1, missedUpTo), state, 0);
+      counted += old.total;
+      from = Math.max(from, Math.min(windowStart - 1, missedUpTo));
+    }
+    const policy = spec.catchUp;
+    const limit = policy === CatchUpPolicy.CATCH_UP_POLICY_RUN_ALL ? spec.catchUpLimit || DEFAULT_CATCH_UP_LIMIT : 1;
+    const eligible = firesBetween(
+      armed.rule,
+      from,
+      missedUpTo,
+      { ...state, fireCount: state.fireCount + counted },
+      Infinity,
+      1_000_000,
+    );
+    const list = eligible.instants;
+    let run: number[] = [];
+    switch (policy) {
+      case CatchUpPolicy.CATCH_UP_POLICY_RUN_IMMEDIATELY:
+        run = list.slice(0, 1);
+        break;
+      case CatchUpPolicy.CATCH_UP_POLICY_RUN_LATEST:
+        run = list.slice(-1);
+        break;
+      case CatchUpPolicy.CATCH_UP_POLICY_RUN_ALL:
+        run = list.slice(-limit);
+        break;
+      default:
+        run = [];
+    }
+    counted += eligible.total - run.length;
+    if (eligible.capped) this.log.warn({ schedule: id }, "over a million missed instants: counted up to the cap");
+    const lastMissed = eligible.lastMs ?? from;
+    // Late but within the grace: fired as usual.
+    const late = firesBetween(
+      armed.rule,
+      Math.max(lastMissed, missedUpTo),
+      now,
+      { ...state, fireCount: state.fireCount + eligible.total },
+      1000,
+    );
+    const toFire = [
+      ...run.map((at) => ({ at, mode: "catch-up" as const })),
+      ...late.instants.map((at) => ({ at, mode: "schedule" as const })),
+    ];
+    const after = Math.max(lastMissed, late.lastMs ?? now, now);
+    const fireCountAfter = status.fireCount + counted;
+    const upcoming = (i: number) => toFire[i]?.at ?? armed.rule.next(after, fireCountAfter + toFire.length, status.backoffStep);
+    await this.update(
+      id,
+      (cur) => {
+        const st = statusOf(cur);
+        const next = upcoming(0);
+        return {
+          ...cur,
+          status: {
+            ...st,
+            missedCount: st.missedCount + counted,
+            nextFireAt: next === undefined ? undefined : new Date(next),
+          },
+        };
+      },
+      true,
+    );
+    if (counted > 0) {
+      this.options.metrics?.missed(counted);
+      this.log.warn(
+        { schedule: id, missed: counted, catchUp: CatchUpPolicy[policy], running: run.length },
+        "fires missed while not firing",
+      );
+    }
+    for (let i = 0; i < toFire.length; i++) {
+      const f = toFire[i];
+      if (!f || !this.leading) return;
+      await this.fire(id, f.at, f.mode, upcoming(i + 1));
+    }
+    this.armNext(id);
+  }
+
+  /** Job ids of this schedule's runs that have not finished, per the job-manager. */
+  private async activeJobs(id: string, except: string): Promise<string[]> {
+    const res = await this.options.jobs.list({ scheduleId: id, states: ACTIVE, pageSize: 1000 });
+    return res.jobs.map((j) => j.id).filter((j) => j !== except);
+  }
+
+  /**
+   * Fires instant `at`: applies the conflict policy (against job states in
+   * the job-manager), records the instant, submits, records the outcome and
+   * the next instant (`nextMs`, computed from the rule when not given).
+   */
+  private async fire(
+    id: string,
+    at: number,
+    mode: FireMode,
+    nextMs?: number,
+  ): Promise<{ outcome: "submitted" | "queued" | "skipped"; reason: string; created: boolean }> {
+    const armed = this.schedules.get(id);
+    if (!armed) throw new NotFoundError("schedule", id);
+    const spec = armed.record.value.spec;
+    const jobId = fireJobId(id, at);
+    const scheduled = mode === "schedule" || mode === "catch-up";
+    const advances = scheduled || mode === "recover";
+    const fireCount = statusOf(armed.record.value).fireCount;
+    const computeNext = (s: Schedule, step: number) =>
+      nextMs !== undefined ? nextMs : compileRuleFor(this, id, s).next(at, statusOf(s).fireCount + 1, step);
+
+    // Conflict policy: decided before the instant is recorded, from the job-manager's view.
+    const policy = spec?.conflict ?? ConflictPolicy.CONFLICT_POLICY_UNSPECIFIED;
+    const needsCheck =
+      mode !== "backfill" &&
+      mode !== "recover" &&
+      mode !== "queued" &&
+      (policy === ConflictPolicy.CONFLICT_POLICY_SKIP ||
+        policy === ConflictPolicy.CONFLICT_POLICY_QUEUE ||
+        policy === ConflictPolicy.CONFLICT_POLICY_CANCEL_PREVIOUS ||
+        (spec?.maxConcurrent ?? 0) > 0);
+    if (needsCheck && spec) {
+      const active = await this.activeJobs(id, jobId);
+      const limit =
+        policy === ConflictPolicy.CONFLICT_POLICY_SKIP || policy === ConflictPolicy.CONFLICT_POLICY_QUEUE
+          ? 1
+          : spec.maxConcurrent;
+      if (policy === ConflictPolicy.CONFLICT_POLICY_CANCEL_PREVIOUS && active.length > 0) {
+        await Promise.all(
+          active.map((j) =>
+            this.options.jobs
+              .cancel(j, `cancelled by schedule ${id}: fire ${new Date(at).toISOString()} replaces it`)
+              .catch((err: unknown) => {
+                if (!(err instanceof FailedPreconditionError)) throw err;
+              }),
+          ),
+        );
+        this.log.info({ schedule: id, cancelled: active }, "conflict CANCEL_PREVIOUS: previous runs cancelled");
+      } else if (limit > 0 && active.length >= limit) {
+        const queue = statusOf(armed.record.value).queued;
+        const maxQueued = spec.maxQueued || DEFAULT_MAX_QUEUED;
+        const queueIt = policy === ConflictPolicy.CONFLICT_POLICY_QUEUE && queue.length < maxQueued;
+        const reason = queueIt
+          ? `conflict QUEUE: waiting for ${active.join(", ")}`
+          : `conflict ${ConflictPolicy[policy].replace("CONFLICT_POLICY_", "")}: ${active.length} run(s) still going (${active.slice(0, 3).join(", ")})${policy === ConflictPolicy.CONFLICT_POLICY_QUEUE ? `; queue full (${maxQueued})` : ""}`;
+        await this.update(
+          id,
+          (s) => {
+            const st = statusOf(s);
+            const step = st.backoffStep + 1;
+            const next = advances ? computeNext(s, step) : st.nextFireAt?.getTime();
+            return {
+              ...s,
+              status: {
+                ...st,
+                queued: queueIt ? [...st.queued, new Date(at)] : st.queued,
+                skippedCount: queueIt ? st.skippedCount : st.skippedCount + 1,
+                lastSkipReason: queueIt ? st.lastSkipReason : reason,
+                lastSkippedAt: queueIt ? st.lastSkippedAt : new Date(at),
+                fireCount: advances && !queueIt ? st.fireCount : st.fireCount,
+                backoffStep: advances ? step : st.backoffStep,
+                nextFireAt: next === undefined ? undefined : new Date(next),
+              },
+            };
+          },
+          true,
+        );
+        if (!queueIt) this.options.metrics?.skipped(1);
+        this.log.info({ schedule: id, job: jobId, reason }, queueIt ? "fire queued" : "fire skipped");
+        return { outcome: queueIt ? "queued" : "skipped", reason, created: false };
+      }
+    }
+
+    await this.update(id, (s) => ({ ...s, status: { ...statusOf(s), firingAt: new Date(at) } }), true);
     let created = false;
+    let refused = "";
     // Each fire is the root of its own trace: fire → submit → dispatch → place → execute.
     await withSpan(
       Spans.fire,
       {
         parent: trace.deleteSpan(context.active()),
-        attributes: { [Attr.scheduleId]: id, [Attr.nominalInstant]: nominalMs, [Attr.jobId]: jobId },
+        attributes: { [Attr.scheduleId]: id, [Attr.nominalInstant]: at, [Attr.jobId]: jobId },
       },
       async () => {
+        const job = armed.record.value.job;
         for (let backoffMs = 100; ; backoffMs = Math.min(backoffMs * 2, SUBMIT_BACKOFF_MAX_MS)) {
           try {
-            const res = await this.options.submit({ jobId, spec: job, scheduleId: id, scheduledAt: nominal });
+            const res = await this.options.jobs.submit(
+              SubmitJobRequest.fromPartial({ jobId, spec: job, scheduleId: id, scheduledAt: new Date(at) }),
+            );
             created = res.created;
             return;
           } catch (err) {
             // A refusal (bad template) would repeat forever: record it and move on; anything else is retried.
             if (!isRetryable(err)) {
-              this.log.error({ schedule: id, job: jobId, err: (err as Error).message }, "job-manager refused the fire");
+              refused = (err as Error).message;
+              this.log.error({ schedule: id, job: jobId, err: refused }, "job-manager refused the fire");
               return;
             }
             if (this.closed || !this.schedules.has(id)) throw err;
@@ -265,82 +740,116 @@ export class Scheduler {
           }
         }
       },
-    ).catch(() => undefined);
-    if (this.closed) return;
-    const now = this.clock();
-    const lagMs = now - nominalMs;
-    const current = this.schedules.get(id);
-    if (!current) return;
-    const fireCount = (current.record.value.status?.fireCount ?? 0) + 1;
-    // Instants that passed while this fire was being submitted are missed (catch-up SKIP).
-    const missed = countBetween(current.rule, nominalMs, now, fireCount);
-    const next = current.rule.next(Math.max(nominalMs, now), fireCount + missed);
-    try {
-      const updated = await this.update(id, (s) => {
-        const status = { ...emptyStatus(), ...s.status };
+    );
+    const lagMs = this.clock() - at;
+    // Exponential: the delay resets when the previous fire's job succeeded, else doubles.
+    let resetBackoff = false;
+    const previousJob = statusOf(armed.record.value).lastJobId;
+    if (advances && spec?.kind?.$case === "exponential" && previousJob) {
+      resetBackoff = await this.options.jobs
+        .get(previousJob)
+        .then((j) => j.state === S.JOB_STATE_SUCCEEDED)
+        .catch(() => false);
+    }
+    await this.update(
+      id,
+      (s) => {
+        const st = statusOf(s);
+        const firingMatches = st.firingAt?.getTime() === at;
+        const step = resetBackoff ? 0 : st.backoffStep + (advances ? 1 : 0);
+        const count = advances ? st.fireCount + 1 : st.fireCount;
+        const next = advances ? computeNext(s, resetBackoff ? 0 : step) : st.nextFireAt?.getTime();
+        const mean = durationToMs(st.meanFireLag);
         return {
           ...s,
           status: {
-            ...status,
-            firingAt: undefined,
-            lastFireAt: nominal,
+            ...st,
+            firingAt: firingMatches ? undefined : st.firingAt,
+            lastFireAt: !st.lastFireAt || st.lastFireAt.getTime() < at ? new Date(at) : st.lastFireAt,
             lastJobId: jobId,
-            fireCount,
-            missedCount: status.missedCount + missed,
+            fireCount: count,
+            manualFireCount: advances ? st.manualFireCount : st.manualFireCount + 1,
+            backoffStep: step,
             lastFireLag: msToDuration(lagMs),
-            nextFireAt: s.paused || next === undefined ? undefined : new Date(next),
+            maxFireLag: msToDuration(Math.max(lagMs, durationToMs(st.maxFireLag))),
+            meanFireLag: advances ? msToDuration(Math.round((mean * st.fireCount + lagMs) / count)) : st.meanFireLag,
+            lastSkipReason: refused ? `job-manager refused the job: ${refused}` : st.lastSkipReason,
+            lastSkippedAt: refused ? new Date(at) : st.lastSkippedAt,
+            nextFireAt: next === undefined || s.paused ? undefined : new Date(next),
           },
         };
+      },
+      true,
+    );
+    if (scheduled) this.options.metrics?.fired(lagMs);
+    this.log.info({ schedule: id, job: jobId, mode, created, lagMs, fireCount: fireCount + (advances ? 1 : 0) }, "fired");
+    return { outcome: "submitted", reason: refused, created };
+  }
+
+  /** Leader: queued fires (conflict QUEUE) go when the schedule has no run left going. */
+  private pollQueues(): void {
+    for (const [id, armed] of this.schedules) {
+      if ((armed.record.value.status?.queued.length ?? 0) === 0 || this.tails.has(id)) continue;
+      void this.chain(id, async () => {
+        const st = this.statusNow(id);
+        const head = st.queued[0];
+        if (!head || !this.leading) return;
+        if ((await this.activeJobs(id, "")).length > 0) return;
+        await this.update(
+          id,
+          (s) => {
+            const cur = statusOf(s);
+            return cur.queued[0]?.getTime() === head.getTime()
+              ? { ...s, status: { ...cur, queued: cur.queued.slice(1) } }
+              : undefined;
+          },
+          true,
+        );
+        await this.fire(id, head.getTime(), "queued");
       });
-      this.log.info({ schedule: id, job: jobId, created, lagMs, missed }, "fired");
-      if (!updated.paused && next !== undefined) this.timers.arm(id, next);
-    } catch (err) {
-      if (err instanceof NotFoundError) return; // deleted meanwhile
-      this.log.error({ schedule: id, err: (err as Error).message }, "could not record the fire as done; retrying it");
-      this.retryLater(id, nominalMs);
     }
   }
 
-  /** Counts instants missed since the last fire (catch-up SKIP) and arms the next one after `nowMs`. */
-  private async catchUpAndArm(id: string, nowMs: number): Promise<void> {
-    const armed = this.schedules.get(id);
-    if (!armed) return;
-    const s = armed.record.value;
-    const fireCount = s.status?.fireCount ?? 0;
-    const since = s.status?.lastFireAt?.getTime() ?? s.createdAt?.getTime() ?? nowMs;
-    const missed = countBetween(armed.rule, since, nowMs, fireCount);
-    const next = armed.rule.next(nowMs, fireCount + missed);
-    await this.update(id, (rec) => {
-      const status = { ...emptyStatus(), ...rec.status };
+  /**
+   * CAS update of the stored schedule; keeps the in-memory copy in step.
+   * `fenced`: refused when a newer lease holder wrote the record, and stamps ours.
+   */
+  private async update(id: string, change: (s: Schedule) => Schedule | undefined, fenced = false): Promise<Schedule> {
+    const wrapped = (s: Schedule): Schedule | undefined => {
+      const stored = s.status?.fence ?? 0;
+      if (fenced && this.token > 0 && stored > this.token) throw new FencedError(id, stored, this.token);
+      const next = change(s);
+      if (!next) return undefined;
       return {
-        ...rec,
+        ...next,
         status: {
-          ...status,
-          missedCount: status.missedCount + missed,
-          nextFireAt: next === undefined ? undefined : new Date(next),
+          ...statusOf(next),
+          writer: this.replicaId,
+          fence: fenced && this.token > 0 ? this.token : (next.status?.fence ?? 0),
         },
       };
-    }).catch((err: unknown) => this.log.error({ schedule: id, err: (err as Error).message }, "could not save schedule status"));
-    if (missed > 0) this.log.warn({ schedule: id, missed }, "fires missed while not running (catch-up: skip)");
-    if (next !== undefined && !this.closed) this.timers.arm(id, next);
-  }
-
-  private retryLater(id: string, nominalMs: number): void {
-    if (this.closed) return;
-    const timer = setTimeout(() => this.track(this.fire(id, nominalMs)), 1_000);
-    timer.unref();
-  }
-
-  /** CAS update of the stored schedule; keeps the in-memory copy in step. */
-  private async update(id: string, change: (s: Schedule) => Schedule): Promise<Schedule> {
-    const result = await this.options.schedules.mutate(id, change);
+    };
+    const armed = this.schedules.get(id);
+    // Fast path: CAS on the revision we hold; a conflict falls back to read-modify-CAS.
+    if (armed) {
+      const value = wrapped(armed.record.value);
+      if (!value) return armed.record.value;
+      try {
+        const revision = await this.options.schedules.update(id, value, armed.record.revision);
+        armed.record = { key: id, value, revision };
+        return value;
+      } catch (err) {
+        if (!(err instanceof ConflictError)) throw err;
+      }
+    }
+    const result = await this.options.schedules.mutate(id, wrapped);
     if (!result) {
       this.schedules.delete(id);
       this.timers.disarm(id);
       throw new NotFoundError("schedule", id);
     }
-    const armed = this.schedules.get(id);
-    if (armed) armed.record = result;
+    const current = this.schedules.get(id);
+    if (current && current.record.revision < result.revision) current.record = result;
     return result.value;
   }
 
@@ -351,18 +860,21 @@ export class Scheduler {
     return armed;
   }
 
-  private track(work: Promise<void>): void {
-    const tracked = work.catch((err: unknown) => this.log.error({ err }, "scheduler task failed"));
-    this.inFlight.add(tracked);
-    void tracked.finally(() => this.inFlight.delete(tracked));
+  /** The rule of a record's spec (recompiled when its spec differs from the one armed). */
+  ruleFor(id: string, s: Schedule): FireRule {
+    const armed = this.schedules.get(id);
+    if (armed && armed.specKey === specKey(s)) return armed.rule;
+    return compileRule(s.spec ?? ScheduleSpec.fromPartial({}), {
+      createdAtMs: s.createdAt?.getTime() ?? this.clock(),
+      scheduleId: id,
+    });
   }
 }
 
-function emptyStatus() {
-  return {
-    fireCount: 0,
-    missedCount: 0,
-    skippedCount: 0,
-    lastJobId: "",
-  };
+function compileRuleFor(scheduler: Scheduler, id: string, s: Schedule): FireRule {
+  return scheduler.ruleFor(id, s);
+}
+
+function specKey(s: Schedule): string {
+  return JSON.stringify(s.spec ?? null);
 }

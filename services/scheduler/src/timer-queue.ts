@@ -45,6 +45,15 @@ export class TimerQueue {
     this.current.delete(id);
   }
 
+  /** Disarms everything; the queue stays usable (a replica that stops leading). */
+  clear(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    this.timerDueMs = Infinity;
+    this.heap.clear();
+    this.current.clear();
+  }
+
   close(): void {
     this.closed = true;
     clearTimeout(this.timer);
