@@ -6,7 +6,7 @@
  * killed once the main process exits so no orphan holds a pipe open.
  */
 import { createHash, type Hash } from "node:crypto";
-import { execa } from "execa";
+import { spawn } from "node:child_process";
 import { StderrMode, type AttemptResult, type JobSpec, type Output } from "@aspen/proto";
 import { durationToMs } from "@aspen/runtime";
 import { DEFAULT_INLINE_OUTPUT_BYTES, DEFAULT_KILL_GRACE_MS } from "@aspen/model";
@@ -95,25 +95,23 @@ export function execute(spec: JobSpec, options: ExecutorOptions): Execution {
   const [file, args] = exec.shell ? ["/bin/sh", ["-c", exec.command, ...exec.args]] : [exec.command, exec.args];
   const timeoutMs = durationToMs(spec.timeout);
   const graceMs = spec.killGrace ? durationToMs(spec.killGrace) : DEFAULT_KILL_GRACE_MS;
+  const hasStdin = exec.stdin.length > 0;
 
   const startedAt = new Date();
-  const child = execa(file, args, {
+  // child_process directly rather than execa: the hot path needs no more than
+  // spawn, and execa's per-call setup cost about twice a bare spawn here
+  // (docs/architecture.md, "Execution"). Never a shell unless asked for.
+  const child = spawn(file, args, {
     env: { ...options.baseEnv, ...exec.env },
-    extendEnv: false,
     cwd: exec.cwd || options.defaultCwd,
     // Own process group: signals reach every descendant that did not leave it.
     detached: true,
-    input: exec.stdin.length > 0 ? exec.stdin : undefined,
-    stdin: exec.stdin.length > 0 ? "pipe" : "ignore",
-    stdout: "pipe",
-    stderr: stderrMode === StderrMode.STDERR_MODE_DISCARD ? "ignore" : "pipe",
-    // We capture the streams ourselves, bounded; execa keeps nothing.
-    buffer: false,
-    reject: false,
-    stripFinalNewline: false,
-    cleanup: false,
+    stdio: [hasStdin ? "pipe" : "ignore", "pipe", stderrMode === StderrMode.STDERR_MODE_DISCARD ? "ignore" : "pipe"],
   });
-
+  if (hasStdin) {
+    child.stdin?.on("error", () => undefined); // a command that does not read its stdin closes it early
+    child.stdin?.end(Buffer.from(exec.stdin));
+  }
   child.stdout?.on("data", (chunk: Buffer) => stdout.push(chunk));
   child.stderr?.on("data", (chunk: Buffer) => (stderrMode === StderrMode.STDERR_MODE_MERGED ? stdout : stderr).push(chunk));
 
@@ -135,37 +133,45 @@ export function execute(spec: JobSpec, options: ExecutorOptions): Execution {
   });
   started.catch(() => undefined);
 
-  child.once("exit", () => {
-    exited = true;
-    // Reap what the main process left behind in its group, then give the pipes a moment to close.
-    if (child.pid !== undefined) signalGroup(child.pid, "SIGKILL");
-    setTimeout(() => {
-      child.stdout?.destroy();
-      child.stderr?.destroy();
-    }, PIPE_CLOSE_GRACE_MS).unref();
-  });
-
-  const result = (async (): Promise<AttemptResult> => {
-    const r = await child;
-    clearTimeout(timeoutTimer);
-    clearTimeout(graceTimer);
-    const finishedAt = new Date();
-    const spawnFailed = r.failed && r.exitCode === undefined && !r.signal;
-    return {
-      exitCode: r.exitCode ?? -1,
-      signal: r.signal ?? "",
-      timedOut,
-      cancelled,
-      startedAt,
-      finishedAt,
-      stdout: stdout.output(),
-      stderr: stderr.output(),
-      error: spawnFailed ? `could not start ${JSON.stringify(exec.command)}: ${r.code ?? r.shortMessage}` : "",
-      cpuTime: undefined,
-      peakRssBytes: 0,
-      pid: child.pid ?? 0,
+  const result = new Promise<AttemptResult>((resolve) => {
+    let exit: { code: number | null; signal: NodeJS.Signals | null } | undefined;
+    let spawnError: (Error & { code?: string }) | undefined;
+    const finish = () => {
+      clearTimeout(timeoutTimer);
+      clearTimeout(graceTimer);
+      resolve({
+        exitCode: exit?.code ?? -1,
+        signal: exit?.signal ?? "",
+        timedOut,
+        cancelled,
+        startedAt,
+        finishedAt: new Date(),
+        stdout: stdout.output(),
+        stderr: stderr.output(),
+        error: spawnError ? `could not start ${JSON.stringify(exec.command)}: ${spawnError.code ?? spawnError.message}` : "",
+        cpuTime: undefined,
+        peakRssBytes: 0,
+        pid: child.pid ?? 0,
+      });
     };
-  })();
+    child.once("error", (err) => {
+      spawnError = err;
+      if (child.pid === undefined) finish();
+    });
+    child.once("exit", (code, signal) => {
+      exited = true;
+      exit = { code, signal };
+      // Reap what the main process left behind in its group, then give the pipes a moment to close.
+      if (child.pid !== undefined) signalGroup(child.pid, "SIGKILL");
+      setTimeout(() => {
+        child.stdout?.destroy();
+        child.stderr?.destroy();
+      }, PIPE_CLOSE_GRACE_MS).unref();
+    });
+    child.once("close", () => {
+      if (exit) finish();
+    });
+  });
 
   return {
     started,
