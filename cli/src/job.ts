@@ -5,6 +5,9 @@ import {
   Job,
   JobSpec,
   JobState,
+  JobStats,
+  RetryPolicy,
+  RetryPolicy_Kind,
   ListJobsRequest,
   Priority,
   SubmitJobRequest,
@@ -47,6 +50,32 @@ export interface JobSpecOptions {
   tag?: Record<string, string>;
   label?: Record<string, string>;
   capability?: string[];
+  retry?: RetryPolicy;
+  maxAttempts?: number;
+  dependsOn?: string[];
+  atMostOnce?: boolean;
+}
+
+/** "fixed:1s", "exponential:500ms" (base; factor 2), "custom:1s,10s,60s", "none". */
+export function parseRetry(text: string): RetryPolicy {
+  const [kind = "", arg = ""] = text.split(":", 2);
+  const durations = (list: string) =>
+    list.split(",").map((d) => {
+      const ms = parseDuration(d);
+      return msToDuration(ms);
+    });
+  switch (kind) {
+    case "none":
+      return RetryPolicy.fromPartial({ kind: RetryPolicy_Kind.KIND_NONE });
+    case "fixed":
+      return RetryPolicy.fromPartial({ kind: RetryPolicy_Kind.KIND_FIXED, delay: arg ? durations(arg)[0] : undefined });
+    case "exponential":
+      return RetryPolicy.fromPartial({ kind: RetryPolicy_Kind.KIND_EXPONENTIAL, base: arg ? durations(arg)[0] : undefined });
+    case "custom":
+      return RetryPolicy.fromPartial({ kind: RetryPolicy_Kind.KIND_CUSTOM, delays: durations(arg) });
+    default:
+      throw new InvalidArgumentError("expected none, fixed[:DELAY], exponential[:BASE] or custom:D1,D2,...");
+  }
 }
 
 export function addJobSpecOptions(command: Command): Command {
@@ -55,7 +84,11 @@ export function addJobSpecOptions(command: Command): Command {
     .addOption(new Option("--priority <level>", "dispatch priority").choices(Object.keys(PRIORITIES)))
     .option("--tag <key=value>", "tag (repeatable)", collectKeyValue)
     .option("--label <key=value>", "run only on workers with this label (repeatable)", collectKeyValue)
-    .option("--capability <name>", "run only on workers advertising this capability (repeatable)", collect);
+    .option("--capability <name>", "run only on workers advertising this capability (repeatable)", collect)
+    .option("--retry <policy>", "retry a failed attempt: fixed[:1s], exponential[:1s], custom:1s,10s,60s", parseRetry)
+    .option("--max-attempts <n>", "attempts in all, the first included (default 3 with --retry)", parseCount)
+    .option("--depends-on <job-id>", "run only after this job SUCCEEDED (repeatable)", collect)
+    .option("--at-most-once", "never start it a second time (a lost attempt ends it LOST)");
 }
 
 /** The JobSpec that runs `argv` (program, then its arguments verbatim; no shell). */
@@ -69,6 +102,9 @@ export function jobSpecFrom(argv: string[], opts: JobSpecOptions): JobSpec {
     priority: (opts.priority && PRIORITIES[opts.priority]) || Priority.PRIORITY_UNSPECIFIED,
     tags: opts.tag ?? {},
     placement: constrained ? { selector } : undefined,
+    retry: opts.retry ? { ...opts.retry, maxAttempts: opts.maxAttempts ?? 0 } : undefined,
+    dependsOn: opts.dependsOn ?? [],
+    atMostOnce: opts.atMostOnce ?? false,
   });
 }
 
@@ -148,13 +184,18 @@ export function registerJobCommands(program: Command, clients: Clients): void {
       .command("submit")
       .description("run a command once on a worker")
       .argument("<command...>", "program and its arguments (put them after --)")
-      .option("--id <id>", "job id; submitting an existing id returns that job (default: generated)"),
+      .option("--id <id>", "job id; submitting an existing id returns that job (default: generated)")
+      .option("--key <idempotency-key>", "submissions with the same key make one job"),
   )
     .option("--wait", "wait until the job finishes; exit status 0 only if it SUCCEEDED")
     .option("--json", "print the SubmitJobResponse (with --wait: the finished Job) as JSON")
-    .action(async (argv: string[], opts: JobSpecOptions & { id?: string; wait?: boolean; json?: boolean }) => {
+    .action(async (argv: string[], opts: JobSpecOptions & { id?: string; key?: string; wait?: boolean; json?: boolean }) => {
       const c = clients.jobs;
-      const request = SubmitJobRequest.fromPartial({ jobId: opts.id ?? "", spec: jobSpecFrom(argv, opts) });
+      const request = SubmitJobRequest.fromPartial({
+        jobId: opts.id ?? "",
+        idempotencyKey: opts.key ?? "",
+        spec: jobSpecFrom(argv, opts),
+      });
       const res = await unaryCall(c.submitJob.bind(c), request);
       const id = res.job?.id ?? "";
       if (opts.json && !opts.wait) {
@@ -263,5 +304,89 @@ export function registerJobCommands(program: Command, clients: Clients): void {
           printed = j.history.length;
         }
       });
+    });
+
+  job
+    .command("result")
+    .description("wait for a job to finish (up to --wait) and show it")
+    .argument("<id>")
+    .option("--wait <duration>", "how long to wait (at most 5m)", parseDuration, 30_000)
+    .option("--json", "print the Job as JSON")
+    .action(async (id: string, opts: { wait: number; json?: boolean }) => {
+      const c = clients.jobs;
+      const found = await unaryCall(
+        c.getJobResult.bind(c),
+        { jobId: id, wait: msToDuration(opts.wait) },
+        { deadlineMs: opts.wait + 5_000 },
+      );
+      if (!isTerminal(found.state)) process.exitCode = 1;
+      console.log(opts.json ? json(Job.toJSON(found)) : describeJob(found, Date.now()));
+    });
+
+  job
+    .command("requeue")
+    .description("give a DEAD, FAILED, TIMED_OUT or LOST job a new attempt")
+    .argument("<id>")
+    .option("--reason <text>", "why, recorded in the job's history")
+    .action(async (id: string, opts: { reason?: string }) => {
+      const c = clients.jobs;
+      const requeued = await unaryCall(c.requeueJob.bind(c), { jobId: id, reason: opts.reason ?? "" });
+      console.log(`${id}: ${stateName(requeued.state)}`);
+    });
+
+  job
+    .command("dlq")
+    .description("list the dead-letter queue (DEAD jobs), or purge it")
+    .option("--purge [ids...]", "delete these DEAD jobs (all when none given) and their outputs")
+    .option("--json", "print the Jobs as a JSON array")
+    .action(async (opts: { purge?: boolean | string[]; json?: boolean }) => {
+      const c = clients.jobs;
+      if (opts.purge) {
+        const jobIds = Array.isArray(opts.purge) ? opts.purge : [];
+        const res = await unaryCall(c.purgeDeadLetters.bind(c), { jobIds });
+        console.log(`purged ${res.purged} dead job(s)`);
+        return;
+      }
+      const dead = (
+        await unaryCall(c.listJobs.bind(c), ListJobsRequest.fromPartial({ states: [JobState.JOB_STATE_DEAD], pageSize: 1000 }))
+      ).jobs;
+      if (opts.json) {
+        console.log(json(dead.map((j) => Job.toJSON(j))));
+        return;
+      }
+      console.log(
+        table(
+          ["ID", "ATTEMPTS", "FINISHED", "LAST ERROR"],
+          dead.map((j) => [j.id, String(j.attempt), formatInstant(j.finishedAt), j.reason]),
+        ),
+      );
+    });
+
+  job
+    .command("stats")
+    .description("jobs per state, queue depth per priority, oldest queued job's wait")
+    .option("--json", "print JobStats as JSON")
+    .action(async (opts: { json?: boolean }) => {
+      const c = clients.jobs;
+      const stats = await unaryCall(c.getStats.bind(c), {});
+      if (opts.json) {
+        console.log(json(JobStats.toJSON(stats)));
+        return;
+      }
+      console.log(
+        table(
+          ["STATE", "JOBS"],
+          Object.entries(stats.byState).map(([state, n]) => [state, String(n)]),
+        ),
+      );
+      console.log();
+      console.log(
+        table(
+          ["PRIORITY", "QUEUED"],
+          stats.queueDepth.map((d) => [priorityName(d.priority), String(d.depth)]),
+        ),
+      );
+      console.log();
+      console.log(`oldest queued: ${stats.oldestQueuedAge ? formatDuration(durationToMs(stats.oldestQueuedAge)) : "-"}`);
     });
 }

@@ -390,7 +390,7 @@ export class JobManager {
         actor: "user",
         at: this.clock(),
         reason: `requeued${reason ? `: ${reason}` : ""}`,
-        patch: { notBefore: undefined, retryDelay: undefined, cancelReason: "" },
+        patch: { notBefore: undefined, retryDelay: undefined, cancelReason: "", attemptBase: j.attempt },
       }),
     );
   }
@@ -503,7 +503,7 @@ export class JobManager {
     const verdict = decideRetry(
       job.spec?.retry,
       job.spec?.atMostOnce ?? false,
-      { state: job.state, attempt: job.attempt, exitCode },
+      { state: job.state, attempt: job.attempt - job.attemptBase, exitCode },
       this.random,
     );
     const at = this.clock();
