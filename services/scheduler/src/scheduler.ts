@@ -488,7 +488,8 @@ export class Scheduler {
       const from =
         n !== undefined ? n - 1 : (after.lastFireAt?.getTime() ?? current.record.value.createdAt?.getTime() ?? this.clock());
       if (n === undefined && after.lastFireAt === undefined && current.record.value.createdAt === undefined) return;
-      await this.catchUp(id, from);
+      // Not armed at all means resumed: what passed while paused is missed, however recent.
+      await this.catchUp(id, from, n === undefined ? 0 : this.graceMs);
     });
   }
 
@@ -525,7 +526,7 @@ export class Scheduler {
    * Instants after `fromMs` up to now: those within the grace fire (late);
    * older ones are missed and handled by the catch-up policy and window.
    */
-  private async catchUp(id: string, fromMs: number): Promise<void> {
+  private async catchUp(id: string, fromMs: number, graceMs = this.graceMs): Promise<void> {
     const armed = this.schedules.get(id);
     if (!armed || !this.leading) return;
     const s = armed.record.value;
@@ -534,7 +535,7 @@ export class Scheduler {
     const status = statusOf(s);
     const state = { fireCount: status.fireCount, backoffStep: status.backoffStep };
     const now = this.clock();
-    const missedUpTo = now - this.graceMs;
+    const missedUpTo = now - graceMs;
     const windowMs = durationToMs(spec.catchUpWindow);
     const windowStart = windowMs > 0 ? now - windowMs : -Infinity;
     let counted = 0;
