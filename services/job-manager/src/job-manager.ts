@@ -417,24 +417,64 @@ export class JobManager {
    * attempt other than the job's current one is fenced: refused, never applied.
    */
   async report(events: AttemptEvent[]): Promise<string[]> {
-    return Promise.all(
-      events.map((event) =>
-        this.applyEvent(event).then(
-          () => "",
-          (err: unknown) => {
-            const message = err instanceof Error ? err.message : String(err);
-            this.log.warn(
-              { job: event.jobId, attempt: event.attempt, worker: event.workerId, reason: message },
-              "attempt event refused",
-            );
-            return message;
-          },
-        ),
-      ),
+    const refusals: string[] = events.map(() => "");
+    // Events of one job (a short job's "started" and "finished" often arrive together)
+    // are applied in order in a single compare-and-set.
+    const byJob = new Map<string, number[]>();
+    events.forEach((event, i) => {
+      const list = byJob.get(event.jobId);
+      if (list) list.push(i);
+      else byJob.set(event.jobId, [i]);
+    });
+    await Promise.all(
+      [...byJob].map(async ([jobId, indexes]) => {
+        const steps = await Promise.all(indexes.map((i) => this.prepareEvent(events[i]!).catch((err: unknown) => err as Error)));
+        let freed = false;
+        try {
+          const job = await this.write(jobId, (current) => {
+            let job = current;
+            freed = false;
+            indexes.forEach((i, k) => {
+              const step = steps[k]!;
+              if (step instanceof Error) {
+                refusals[i] = step.message;
+                return;
+              }
+              try {
+                job = step.change(job) ?? job;
+                refusals[i] = "";
+                freed ||= step.freesSlot;
+              } catch (err) {
+                refusals[i] = err instanceof Error ? err.message : String(err);
+              }
+            });
+            return job === current ? undefined : job;
+          });
+          // A cancel that came while the attempt was being placed takes effect once it runs.
+          if (job.cancelReason && job.state === S.JOB_STATE_RUNNING) {
+            this.options.placer
+              .cancel({ jobId, attempt: job.attempt, reason: job.cancelReason })
+              .catch((err: unknown) => this.log.warn({ job: jobId, err: (err as Error).message }, "late cancel failed"));
+          }
+        } catch (err) {
+          for (const i of indexes) refusals[i] ||= err instanceof Error ? err.message : String(err);
+        }
+        if (freed) this.dispatcher.capacityFreed();
+      }),
     );
+    refusals.forEach((reason, i) => {
+      const e = events[i]!;
+      if (reason) this.log.warn({ job: e.jobId, attempt: e.attempt, worker: e.workerId, reason }, "attempt event refused");
+    });
+    return refusals;
   }
 
-  private async applyEvent(event: AttemptEvent): Promise<void> {
+  /**
+   * The change one attempt event makes to its job, as a pure function (it may
+   * be re-applied after a lost compare-and-set). Throws to refuse the event:
+   * an event for another attempt than the job's current one is fenced.
+   */
+  private async prepareEvent(event: AttemptEvent): Promise<{ change: (job: Job) => Job | undefined; freesSlot: boolean }> {
     const actor = `agent:${event.workerId}`;
     const fence = (job: Job) => {
       if (job.attempt !== event.attempt) {
@@ -446,54 +486,54 @@ export class JobManager {
     const e = event.event;
     if (!e) throw new InvalidArgumentError("events[].event", "required");
     switch (e.$case) {
-      case "started": {
-        const running = await this.write(event.jobId, (job) => {
-          fence(job);
-          if (job.state === S.JOB_STATE_RUNNING) return undefined;
-          return transition(job, S.JOB_STATE_RUNNING, {
-            actor,
-            at: this.clock(),
-            reason: `running on ${event.workerId}`,
-            patch: { startedAt: e.value.startedAt ?? this.clock(), workerId: event.workerId },
-          });
-        });
-        // A cancel that came while the attempt was being placed takes effect now.
-        if (running.cancelReason && running.state === S.JOB_STATE_RUNNING) {
-          this.options.placer
-            .cancel({ jobId: running.id, attempt: running.attempt, reason: running.cancelReason })
-            .catch((err: unknown) => this.log.warn({ job: running.id, err: (err as Error).message }, "late cancel failed"));
-        }
-        return;
-      }
+      case "started":
+        return {
+          freesSlot: false,
+          change: (job) => {
+            fence(job);
+            if (job.state === S.JOB_STATE_RUNNING) return undefined;
+            return transition(job, S.JOB_STATE_RUNNING, {
+              actor,
+              at: this.clock(),
+              reason: `running on ${event.workerId}`,
+              patch: { startedAt: e.value.startedAt ?? this.clock(), workerId: event.workerId },
+            });
+          },
+        };
       case "finished": {
         const result = await offloadLargeOutput(e.value.result, event.jobId, event.attempt, this.options.outputs);
-        await this.write(event.jobId, (job) => {
-          fence(job);
-          const [to, reason] = outcome(result, job);
-          const ended = transition(job, to, {
-            actor,
-            at: this.clock(),
-            reason,
-            patch: {
-              result,
-              workerId: event.workerId,
-              startedAt: job.startedAt ?? result.startedAt,
-              finishedAt: result.finishedAt ?? this.clock(),
-            },
-          });
-          return this.afterFailure(ended, result.exitCode >= 0 && !result.signal && !result.error ? result.exitCode : undefined);
-        });
-        this.dispatcher.capacityFreed();
-        return;
+        return {
+          freesSlot: true,
+          change: (job) => {
+            fence(job);
+            const [to, reason] = outcome(result, job);
+            const ended = transition(job, to, {
+              actor,
+              at: this.clock(),
+              reason,
+              patch: {
+                result,
+                workerId: event.workerId,
+                startedAt: job.startedAt ?? result.startedAt,
+                finishedAt: result.finishedAt ?? this.clock(),
+              },
+            });
+            return this.afterFailure(
+              ended,
+              result.exitCode >= 0 && !result.signal && !result.error ? result.exitCode : undefined,
+            );
+          },
+        };
       }
       case "lost":
-        await this.write(event.jobId, (job) => {
-          fence(job);
-          const lost = transition(job, S.JOB_STATE_LOST, { actor: "coordinator", at: this.clock(), reason: e.value.reason });
-          return this.afterFailure(lost, undefined);
-        });
-        this.dispatcher.capacityFreed();
-        return;
+        return {
+          freesSlot: true,
+          change: (job) => {
+            fence(job);
+            const lost = transition(job, S.JOB_STATE_LOST, { actor: "coordinator", at: this.clock(), reason: e.value.reason });
+            return this.afterFailure(lost, undefined);
+          },
+        };
     }
   }
 
