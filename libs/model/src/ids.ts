@@ -6,6 +6,8 @@ export const SCHEDULE_ID = /^[a-z0-9][a-z0-9-]{0,62}$/;
 /** Job ids: NATS KV key tokens ([A-Za-z0-9_=-]) joined by single dots. */
 export const JOB_ID = /^[A-Za-z0-9_=-]+(\.[A-Za-z0-9_=-]+)*$/;
 export const JOB_ID_MAX = 128;
+/** Worker group names. */
+export const GROUP_NAME = /^[a-z0-9][a-z0-9-]{0,62}$/;
 /** Worker ids: what hostnames and container names use. */
 export const WORKER_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 

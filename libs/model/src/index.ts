@@ -1,5 +1,5 @@
 /** @aspen/model — domain rules shared by services and the CLI: ids, JobSpec validation, job states. */
-export { fireJobId, JOB_ID, JOB_ID_MAX, newId, SCHEDULE_ID, WORKER_ID } from "./ids.js";
+export { fireJobId, GROUP_NAME, JOB_ID, JOB_ID_MAX, newId, SCHEDULE_ID, WORKER_ID } from "./ids.js";
 export { DEFAULT_INLINE_OUTPUT_BYTES, DEFAULT_KILL_GRACE_MS, Limits, validateJobSpec } from "./job-spec.js";
 export { isTerminal, parseState, stateName } from "./states.js";
 export {

@@ -6,7 +6,7 @@
  */
 import { LabelRequirement_Operator, PlacementStrategy, Priority, RetryPolicy_Kind, StderrMode, type JobSpec } from "@aspen/proto";
 import { durationToMs, InvalidArgumentError, UnimplementedError } from "@aspen/runtime";
-import { JOB_ID, JOB_ID_MAX } from "./ids.js";
+import { GROUP_NAME, JOB_ID, JOB_ID_MAX, WORKER_ID } from "./ids.js";
 import { isRetrying } from "./retry.js";
 
 /** Input limits (bytes unless named otherwise). */
@@ -25,6 +25,7 @@ export const Limits = {
   maxRetryDelayMs: 24 * 3600 * 1000,
   dependencies: 100,
   chainLength: 20,
+  fanOut: 1024,
 } as const;
 
 /** Default inline output kept per job (head + tail across stdout and stderr). */
@@ -133,19 +134,23 @@ export function validateJobSpec(spec: JobSpec | undefined, field = "spec"): asse
         if (needsValues && req.values.length === 0) throw new InvalidArgumentError(`${f}.values`, "required for IN and NOT_IN");
       });
       sel.capabilities.forEach((c, i) => checkText(`${field}.placement.selector.capabilities[${i}]`, c, 128, true));
-      if (sel.workerGroup)
-        throw new UnimplementedError(`${field}.placement.selector.worker_group`, "worker groups are not implemented yet");
+      if (sel.workerGroup && !GROUP_NAME.test(sel.workerGroup)) {
+        throw new InvalidArgumentError(`${field}.placement.selector.worker_group`, `must match ${GROUP_NAME}`);
+      }
+      if (sel.workerId && !WORKER_ID.test(sel.workerId)) {
+        throw new InvalidArgumentError(`${field}.placement.selector.worker_id`, `must match ${WORKER_ID}`);
+      }
     }
     if (!isEnumValue(PlacementStrategy, placement.strategy)) {
       throw new InvalidArgumentError(`${field}.placement.strategy`, `unknown strategy ${placement.strategy}`);
     }
-    if (
-      placement.strategy !== PlacementStrategy.PLACEMENT_STRATEGY_UNSPECIFIED &&
-      placement.strategy !== PlacementStrategy.PLACEMENT_STRATEGY_LEAST_LOADED
-    ) {
-      throw new UnimplementedError(`${field}.placement.strategy`, "only LEAST_LOADED is implemented yet");
+    checkText(`${field}.placement.affinity_key`, placement.affinityKey, 256);
+    if (placement.fanOut < -1 || placement.fanOut > Limits.fanOut) {
+      throw new InvalidArgumentError(
+        `${field}.placement.fan_out`,
+        `must be -1 (every matching worker), 0 (no fan-out) or 1..${Limits.fanOut}`,
+      );
     }
-    if (placement.fanOut !== 0) throw new UnimplementedError(`${field}.placement.fan_out`, "fan-out is not implemented yet");
   }
   if (spec.dependsOn.length > Limits.dependencies) {
     throw new InvalidArgumentError(`${field}.depends_on`, `more than ${Limits.dependencies} dependencies`);

@@ -12,9 +12,13 @@ export const CoordinatorConfigSchema = z.object({
   /** How often agents heartbeat. */
   ASPEN_HEARTBEAT_INTERVAL: env.durationMs("1s"),
   /** Silent this long: unhealthy, no new work. */
-  ASPEN_UNHEALTHY_AFTER: env.durationMs("3s"),
-  /** Silent or disconnected this long: dead, its attempts reported lost. */
-  ASPEN_DEAD_AFTER: env.durationMs("10s"),
+  ASPEN_UNHEALTHY_AFTER: env.durationMs("2s"),
+  /** Silent this long with its stream still open (hung, partitioned): dead, its attempts reported lost. */
+  ASPEN_DEAD_AFTER: env.durationMs("5s"),
+  /** Stream closed (process or host gone) and not back within this: dead, its attempts reported lost. */
+  ASPEN_RECONNECT_GRACE: env.durationMs("2s"),
+  /** Most worker groups (RESOURCE_EXHAUSTED past it). */
+  ASPEN_MAX_GROUPS: env.int(64, 1, 10_000),
   /** Most registered workers (RESOURCE_EXHAUSTED past it). */
   ASPEN_MAX_WORKERS: env.int(1024, 1, 100_000),
   ASPEN_LOG_LEVEL: env.logLevel(),

@@ -7,9 +7,20 @@ export function coordinatorService(coordinator: Coordinator): ServiceBinding<Coo
   return bindService<CoordinatorServiceServer>("aspen.v1.CoordinatorService", CoordinatorServiceService, {
     connect: (call) => coordinator.connect(call),
     listWorkers: async () => ({ workers: coordinator.workers() }),
+    getWorker: async (req) => coordinator.worker(req.workerId),
+    drainWorker: async (req) => coordinator.drain(req.workerId, req.undrain),
+    matchWorkers: async (req) => ({ workers: coordinator.match(req.selector) }),
     placeJob: async (req) => ({ workerId: await coordinator.place(req) }),
     cancelAttempt: async (req) => {
       coordinator.cancel(req);
+      return {};
+    },
+    createWorkerGroup: (req) => coordinator.createGroup(req.group),
+    getWorkerGroup: async (req) => coordinator.group(req.name),
+    listWorkerGroups: async () => ({ groups: coordinator.listGroups() }),
+    updateWorkerGroup: (req) => coordinator.updateGroup(req.group),
+    deleteWorkerGroup: async (req) => {
+      await coordinator.deleteGroup(req.name);
       return {};
     },
   });

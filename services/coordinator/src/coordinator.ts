@@ -1,20 +1,30 @@
 /**
  * The coordinator's logic: agent sessions (the Connect streams), worker
- * health, placement of attempts, and the relay of attempt events to the
- * job-manager. It alone writes the `workers` bucket.
+ * health and draining, worker groups, placement of attempts by strategy, and
+ * the relay of attempt events to the job-manager. It alone writes the
+ * `workers` and `worker groups` buckets.
+ *
+ * Fencing: when a worker is declared dead, each of its attempts is reported
+ * lost and remembered as fenced. If that worker comes back still running one
+ * of them, it is told to kill it; any result it sends for it is passed to
+ * the job-manager, which refuses and records it (the job has moved on).
  */
 import type { ServerDuplexStream } from "@grpc/grpc-js";
 import {
+  PlacementStrategy,
   WorkerHealth,
   type AgentMessage,
   type AttemptEvent,
   type CancelAttemptRequest,
   type CoordinatorMessage,
+  type NodeSelector,
   type PlaceJobRequest,
   type RegisterWorker,
   type Worker,
+  type WorkerGroup,
 } from "@aspen/proto";
 import {
+  AlreadyExistsError,
   Attr,
   FailedPreconditionError,
   InvalidArgumentError,
@@ -28,15 +38,16 @@ import {
   withSpan,
   type Logger,
 } from "@aspen/runtime";
-import { JOB_ID, validateJobSpec, WORKER_ID } from "@aspen/model";
+import { GROUP_NAME, JOB_ID, validateJobSpec, WORKER_ID } from "@aspen/model";
 import type { Bucket } from "@aspen/store";
 import { EventRelay } from "./event-relay.js";
-import { describeSelector, matchesSelector, pickLeastLoaded, type Candidate } from "./placement.js";
+import { describeSelector, matchesSelector, pickWorker, type Candidate, type StrategyState } from "./placement.js";
 
 export type AgentStream = ServerDuplexStream<AgentMessage, CoordinatorMessage>;
 
 export interface CoordinatorOptions {
   workers: Bucket<Worker>;
+  groups: Bucket<WorkerGroup>;
   /** Delivers attempt events to the job-manager; resolves to one refusal ("" = applied) per event. */
   report: (events: AttemptEvent[]) => Promise<string[]>;
   log: Logger;
@@ -44,10 +55,14 @@ export interface CoordinatorOptions {
   heartbeatIntervalMs: number;
   /** No heartbeat for this long: unhealthy (no new work), ms. */
   unhealthyAfterMs: number;
-  /** No heartbeat (or no connection) for this long: dead, its attempts lost, ms. */
+  /** No heartbeat for this long on an open stream: dead, its attempts lost, ms. */
   deadAfterMs: number;
-  /** Most workers registered at once. */
+  /** Stream closed (process or host gone) and not reconnected within this: dead, ms. */
+  reconnectGraceMs: number;
+  /** Most registered workers. */
   maxWorkers: number;
+  /** Most worker groups. */
+  maxGroups: number;
   clock?: () => number;
 }
 
@@ -57,6 +72,8 @@ interface Session {
   /** Attempts sent to this worker and not yet finished: "<job id>#<attempt>". */
   running: Set<string>;
   lastSeenMs: number;
+  /** When the stream closed; undefined while connected. */
+  disconnectedAtMs: number | undefined;
 }
 
 export const attemptKey = (jobId: string, attempt: number) => `${jobId}#${attempt}`;
@@ -67,13 +84,18 @@ function parseAttemptKey(key: string): { jobId: string; attempt: number } | unde
   return at > 0 && Number.isInteger(attempt) ? { jobId: key.slice(0, at), attempt } : undefined;
 }
 
+/** Fenced attempts remembered, so a returning worker is told to kill them. */
+const MAX_FENCED = 100_000;
+
 export class Coordinator {
   private readonly sessions = new Map<string, Session>();
+  private readonly groups = new Map<string, WorkerGroup>();
+  private readonly fenced = new Set<string>();
   private readonly relay: EventRelay;
   private readonly clock: () => number;
   private readonly log: Logger;
+  private readonly strategyState: StrategyState = { cursor: 0, affinity: new Map() };
   private sweepTimer: NodeJS.Timeout | undefined;
-  private cursor = 0;
 
   constructor(private readonly options: CoordinatorOptions) {
     this.clock = options.clock ?? Date.now;
@@ -82,15 +104,22 @@ export class Coordinator {
   }
 
   /**
-   * Loads the registry. Workers known from before a restart count as
-   * disconnected from now: they have `deadAfterMs` to reconnect before their
-   * attempts are declared lost.
+   * Loads the registry and the groups. Workers known from before a restart
+   * count as disconnected from now: they have `reconnectGraceMs` to come back
+   * before their attempts are declared lost.
    */
   async start(): Promise<void> {
     const now = this.clock();
+    for (const { value } of await this.options.groups.all()) this.groups.set(value.name, value);
     for (const { value } of await this.options.workers.all()) {
       if (value.health === WorkerHealth.WORKER_HEALTH_DEAD) continue;
-      this.sessions.set(value.id, { worker: value, stream: undefined, running: new Set(value.running), lastSeenMs: now });
+      this.sessions.set(value.id, {
+        worker: value,
+        stream: undefined,
+        running: new Set(value.running),
+        lastSeenMs: now,
+        disconnectedAtMs: now,
+      });
     }
     this.sweepTimer = setInterval(() => this.sweep(), Math.max(100, Math.floor(this.options.heartbeatIntervalMs / 2)));
     this.sweepTimer.unref();
@@ -102,12 +131,11 @@ export class Coordinator {
     await this.relay.close();
   }
 
+  // ---- agent sessions ----------------------------------------------------
+
   /** Handles one agent's Connect stream from its first message to its end. */
   connect(stream: AgentStream): void {
     let session: Session | undefined;
-    const fail = (err: unknown) => {
-      stream.emit("error", toServiceError(err));
-    };
     stream.on("data", (message: AgentMessage) => {
       try {
         const msg = message.msg;
@@ -125,12 +153,13 @@ export class Coordinator {
           throw new FailedPreconditionError("already registered on this stream");
         }
       } catch (err) {
-        fail(err);
+        stream.emit("error", toServiceError(err));
       }
     });
     const closed = () => {
       if (session && session.stream === stream) {
         session.stream = undefined;
+        session.disconnectedAtMs = this.clock();
         this.log.info({ worker: session.worker.id }, "agent disconnected");
         this.persist(session);
       }
@@ -152,6 +181,7 @@ export class Coordinator {
       throw new ResourceExhaustedError(`worker limit reached (${this.options.maxWorkers} workers)`);
     }
     const previous = session?.stream;
+    const draining = session?.worker.health === WorkerHealth.WORKER_HEALTH_DRAINING;
     const worker: Worker = {
       id: reg.workerId,
       hostname: reg.hostname,
@@ -159,32 +189,51 @@ export class Coordinator {
       capabilities: reg.capabilities,
       slots: reg.slots,
       version: reg.version,
-      health: WorkerHealth.WORKER_HEALTH_HEALTHY,
+      health: draining ? WorkerHealth.WORKER_HEALTH_DRAINING : WorkerHealth.WORKER_HEALTH_HEALTHY,
       running: [],
       connectedAt: new Date(now),
       lastHeartbeatAt: new Date(now),
       load: 0,
-      groups: session?.worker.groups ?? [],
+      groups: [],
     };
-    const stillRunning = new Set(reg.running);
+    // Reconcile: what it still runs is adopted, unless that attempt was fenced
+    // meanwhile (then it is told to kill it); what we had sent it that it no
+    // longer knows is lost.
+    const adopted = new Set<string>();
+    const kill: string[] = [];
+    for (const key of reg.running) {
+      if (this.fenced.has(key)) kill.push(key);
+      else adopted.add(key);
+    }
     if (session) {
-      // Reconcile: what we sent it that it no longer runs (nor holds a result for) is lost.
       for (const key of session.running) {
-        if (!stillRunning.has(key)) this.reportLost(reg.workerId, key, "agent restarted; attempt not running there");
+        if (!adopted.has(key) && !kill.includes(key))
+          this.reportLost(reg.workerId, key, "agent restarted; attempt not running there");
       }
       session.worker = worker;
       session.stream = stream;
-      session.running = stillRunning;
+      session.running = adopted;
       session.lastSeenMs = now;
+      session.disconnectedAtMs = undefined;
     } else {
-      session = { worker, stream, running: stillRunning, lastSeenMs: now };
+      session = { worker, stream, running: adopted, lastSeenMs: now, disconnectedAtMs: undefined };
       this.sessions.set(reg.workerId, session);
     }
     // A second connection with the same id takes over; the older stream is closed.
     if (previous && previous !== stream) previous.end();
     stream.write({ msg: { $case: "registered", value: { heartbeatInterval: msToDuration(this.options.heartbeatIntervalMs) } } });
+    for (const key of kill) {
+      const parsed = parseAttemptKey(key);
+      if (parsed)
+        stream.write({
+          msg: {
+            $case: "cancel",
+            value: { ...parsed, reason: "fenced: the attempt was declared lost while this worker was away" },
+          },
+        });
+    }
     this.log.info(
-      { worker: worker.id, slots: worker.slots, labels: worker.labels, running: stillRunning.size },
+      { worker: worker.id, slots: worker.slots, labels: worker.labels, adopted: adopted.size, killed: kill.length },
       "agent registered",
     );
     this.persist(session);
@@ -194,17 +243,45 @@ export class Coordinator {
   private onEvent(session: Session, event: AttemptEvent): void {
     if (!JOB_ID.test(event.jobId)) throw new InvalidArgumentError("event.job_id", `must match ${JOB_ID}`);
     const key = attemptKey(event.jobId, event.attempt);
-    // An agent reports only on attempts it was given; the worker id is the session's, not the message's.
+    const finished = event.event?.$case === "finished";
     if (!session.running.has(key)) {
-      this.log.warn({ worker: session.worker.id, attempt: key }, "event for an attempt not assigned to this worker: refused");
-      return;
+      // Not an attempt this worker holds (fenced, or never sent to it): the job-manager
+      // refuses and records it; it is never counted as running here.
+      this.log.warn(
+        { worker: session.worker.id, attempt: key, fenced: this.fenced.has(key) },
+        "event for an attempt this worker does not hold",
+      );
+    } else if (finished) {
+      session.running.delete(key);
     }
-    const e = event.event;
-    if (e?.$case === "finished") session.running.delete(key);
+    // The worker id is the session's, never the message's.
     this.relay.push({ ...event, workerId: session.worker.id });
   }
 
-  /** Chooses a worker for the attempt and sends it down that worker's stream. */
+  // ---- placement ----------------------------------------------------------
+
+  /** Live workers that take new work and match `selector`, sorted by id. */
+  private eligible(selector: NodeSelector | undefined): Array<Candidate & { session: Session }> {
+    const out: Array<Candidate & { session: Session }> = [];
+    for (const session of this.sessions.values()) {
+      const w = session.worker;
+      if (!session.stream || w.health !== WorkerHealth.WORKER_HEALTH_HEALTHY) continue;
+      const groups = this.groupsOf(w);
+      if (!matchesSelector({ ...w, groups }, selector)) continue;
+      out.push({
+        id: w.id,
+        labels: w.labels,
+        capabilities: w.capabilities,
+        groups,
+        slots: w.slots,
+        used: session.running.size,
+        session,
+      });
+    }
+    return out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  }
+
+  /** Chooses a worker for the attempt by the job's strategy and sends it down that worker's stream. */
   async place(request: PlaceJobRequest): Promise<string> {
     if (!JOB_ID.test(request.jobId)) throw new InvalidArgumentError("job_id", `must match ${JOB_ID}`);
     if (request.attempt < 1) throw new InvalidArgumentError("attempt", "must be at least 1");
@@ -215,22 +292,16 @@ export class Coordinator {
       { attributes: { [Attr.jobId]: request.jobId, [Attr.attempt]: request.attempt } },
       async (span) => {
         const selector = spec.placement?.selector;
-        const matching: Array<Candidate & { session: Session }> = [];
-        for (const session of this.sessions.values()) {
-          const w = session.worker;
-          if (!session.stream || w.health !== WorkerHealth.WORKER_HEALTH_HEALTHY) continue;
-          if (!matchesSelector(w, selector)) continue;
-          matching.push({ ...w, used: session.running.size, session });
-        }
-        if (matching.length === 0) {
-          throw new FailedPreconditionError(`no live worker matches ${describeSelector(selector)}`);
-        }
-        const chosen = pickLeastLoaded(matching, this.cursor++);
+        const matching = this.eligible(selector);
+        if (matching.length === 0) throw new FailedPreconditionError(`no live worker matches ${describeSelector(selector)}`);
+        const strategy = spec.placement?.strategy ?? PlacementStrategy.PLACEMENT_STRATEGY_UNSPECIFIED;
+        const key = request.affinityKey || spec.placement?.affinityKey || request.jobId;
+        const chosen = pickWorker(matching, strategy, key, this.strategyState);
         if (!chosen) throw new ResourceExhaustedError(`all ${matching.length} matching workers are busy`);
         const { session } = chosen;
         span.setAttribute(Attr.workerId, session.worker.id);
-        const key = attemptKey(request.jobId, request.attempt);
-        session.running.add(key);
+        const attempt = attemptKey(request.jobId, request.attempt);
+        session.running.add(attempt);
         const sent = session.stream?.write({
           msg: {
             $case: "assignment",
@@ -244,7 +315,7 @@ export class Coordinator {
           },
         });
         if (sent === undefined) {
-          session.running.delete(key);
+          session.running.delete(attempt);
           throw new UnavailableError(`worker ${session.worker.id} disconnected`);
         }
         return session.worker.id;
@@ -263,21 +334,132 @@ export class Coordinator {
     throw new NotFoundError("running attempt", key);
   }
 
+  // ---- operations ---------------------------------------------------------
+
   workers(): Worker[] {
-    return [...this.sessions.values()]
-      .map((s) => ({ ...s.worker, running: [...s.running], lastHeartbeatAt: new Date(s.lastSeenMs) }))
-      .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    return [...this.sessions.values()].map((s) => this.view(s)).sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   }
 
-  /** Health from heartbeat age; a dead worker's attempts are reported lost and it leaves the registry. */
+  worker(id: string): Worker {
+    if (!id) throw new InvalidArgumentError("worker_id", "required");
+    const session = this.sessions.get(id);
+    if (!session) throw new NotFoundError("worker", id);
+    return this.view(session);
+  }
+
+  /** Live workers a selector matches (healthy, not draining). */
+  match(selector: NodeSelector | undefined): Worker[] {
+    return this.eligible(selector).map((c) => this.view(c.session));
+  }
+
+  drain(id: string, undrain: boolean): Worker {
+    const session = this.sessions.get(id);
+    if (!id) throw new InvalidArgumentError("worker_id", "required");
+    if (!session) throw new NotFoundError("worker", id);
+    const w = session.worker;
+    if (undrain && w.health === WorkerHealth.WORKER_HEALTH_DRAINING) w.health = WorkerHealth.WORKER_HEALTH_HEALTHY;
+    if (!undrain && w.health !== WorkerHealth.WORKER_HEALTH_DEAD) w.health = WorkerHealth.WORKER_HEALTH_DRAINING;
+    this.log.info({ worker: id, draining: !undrain }, undrain ? "worker undrained" : "worker draining");
+    this.persist(session);
+    return this.view(session);
+  }
+
+  async createGroup(group: WorkerGroup | undefined): Promise<WorkerGroup> {
+    const g = this.checkGroup(group);
+    if (this.groups.has(g.name)) throw new AlreadyExistsError("worker group", g.name);
+    if (this.groups.size >= this.options.maxGroups) {
+      throw new ResourceExhaustedError(`worker group limit reached (${this.options.maxGroups} groups)`);
+    }
+    const now = new Date(this.clock());
+    const stored = { ...g, createdAt: now, updatedAt: now };
+    await this.options.groups.create(g.name, stored).catch((err: unknown) => {
+      throw err instanceof AlreadyExistsError ? new AlreadyExistsError("worker group", g.name) : err;
+    });
+    this.groups.set(g.name, stored);
+    return stored;
+  }
+
+  group(name: string): WorkerGroup {
+    const g = this.groups.get(name);
+    if (!g) throw new NotFoundError("worker group", name);
+    return g;
+  }
+
+  listGroups(): WorkerGroup[] {
+    return [...this.groups.values()].sort((a, b) => (a.name < b.name ? -1 : 1));
+  }
+
+  async updateGroup(group: WorkerGroup | undefined): Promise<WorkerGroup> {
+    const g = this.checkGroup(group);
+    const current = this.group(g.name);
+    const updated = await this.options.groups.mutate(g.name, () => ({
+      ...current,
+      description: g.description,
+      workerIds: g.workerIds,
+      selector: g.selector,
+      updatedAt: new Date(this.clock()),
+    }));
+    if (!updated) throw new NotFoundError("worker group", g.name);
+    this.groups.set(g.name, updated.value);
+    return updated.value;
+  }
+
+  async deleteGroup(name: string): Promise<void> {
+    this.group(name);
+    await this.options.groups.delete(name);
+    this.groups.delete(name);
+  }
+
+  private checkGroup(group: WorkerGroup | undefined): WorkerGroup {
+    if (!group) throw new InvalidArgumentError("group", "required");
+    if (!GROUP_NAME.test(group.name)) throw new InvalidArgumentError("group.name", `must match ${GROUP_NAME}`);
+    if (group.description.length > 1024) throw new InvalidArgumentError("group.description", "longer than 1024 characters");
+    if (group.workerIds.length > this.options.maxWorkers)
+      throw new InvalidArgumentError("group.worker_ids", `more than ${this.options.maxWorkers} ids`);
+    group.workerIds.forEach((id, i) => {
+      if (!WORKER_ID.test(id)) throw new InvalidArgumentError(`group.worker_ids[${i}]`, `must match ${WORKER_ID}`);
+    });
+    if (group.selector?.workerGroup)
+      throw new InvalidArgumentError("group.selector.worker_group", "a group cannot be defined by another group");
+    return group;
+  }
+
+  /** Names of the groups a worker belongs to (by id or by a group's selector). */
+  private groupsOf(worker: Worker): string[] {
+    const names: string[] = [];
+    for (const g of this.groups.values()) {
+      if (g.workerIds.includes(worker.id) || (g.selector && matchesSelector({ ...worker, groups: [] }, g.selector)))
+        names.push(g.name);
+    }
+    return names;
+  }
+
+  private view(session: Session): Worker {
+    return {
+      ...session.worker,
+      running: [...session.running],
+      lastHeartbeatAt: new Date(session.lastSeenMs),
+      groups: this.groupsOf(session.worker),
+    };
+  }
+
+  // ---- health -------------------------------------------------------------
+
+  /**
+   * Health from heartbeat age and connection: silent for unhealthyAfter →
+   * unhealthy; silent for deadAfter, or disconnected for reconnectGrace → dead:
+   * its attempts are reported lost (and fenced) and it leaves the registry.
+   */
   private sweep(): void {
     const now = this.clock();
     for (const session of this.sessions.values()) {
       const silentMs = now - session.lastSeenMs;
+      const goneMs = session.disconnectedAtMs === undefined ? 0 : now - session.disconnectedAtMs;
       const w = session.worker;
-      if (silentMs >= this.options.deadAfterMs) {
-        this.log.warn({ worker: w.id, silentMs, attempts: session.running.size }, "worker declared dead");
-        for (const key of session.running) this.reportLost(w.id, key, `worker ${w.id} declared dead (silent ${silentMs} ms)`);
+      if (silentMs >= this.options.deadAfterMs || goneMs >= this.options.reconnectGraceMs) {
+        const why = goneMs >= this.options.reconnectGraceMs ? `disconnected for ${goneMs} ms` : `silent for ${silentMs} ms`;
+        this.log.warn({ worker: w.id, why, attempts: session.running.size }, "worker declared dead");
+        for (const key of session.running) this.reportLost(w.id, key, `worker ${w.id} declared dead (${why})`);
         session.running.clear();
         w.health = WorkerHealth.WORKER_HEALTH_DEAD;
         session.stream?.end();
@@ -301,16 +483,14 @@ export class Coordinator {
   private reportLost(workerId: string, key: string, reason: string): void {
     const parsed = parseAttemptKey(key);
     if (!parsed) return;
+    this.fenced.add(key);
+    if (this.fenced.size > MAX_FENCED) this.fenced.delete(this.fenced.values().next().value as string);
     this.relay.push({ ...parsed, workerId, event: { $case: "lost", value: { reason } } });
   }
 
   /** Saves the worker's registry entry; a failed write is logged and retried at its next change. */
   private persist(session: Session): void {
-    const record: Worker = {
-      ...session.worker,
-      running: [...session.running],
-      lastHeartbeatAt: new Date(session.lastSeenMs),
-    };
+    const record: Worker = { ...session.worker, running: [...session.running], lastHeartbeatAt: new Date(session.lastSeenMs) };
     this.options.workers.upsert(record.id, record).catch((err: unknown) => {
       this.log.warn({ worker: record.id, err: (err as Error).message }, "could not save worker record");
     });

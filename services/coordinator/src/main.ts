@@ -1,5 +1,5 @@
 /** Coordinator process: wires config, logging, telemetry, NATS and the gRPC server. */
-import { JobServiceClient, Worker } from "@aspen/proto";
+import { JobServiceClient, Worker, WorkerGroup } from "@aspen/proto";
 import { closeInOrder, createClient, createLogger, GrpcServer, runMain, startTelemetry, unaryCall } from "@aspen/runtime";
 import { Store } from "@aspen/store";
 import { loadCoordinatorConfig } from "./config.js";
@@ -21,11 +21,14 @@ await runMain(log, async () => {
   const jobManager = createClient(JobServiceClient, config.ASPEN_JOB_MANAGER_ADDR);
   const coordinator = new Coordinator({
     workers: await store.bucket("aspen_workers", Worker),
+    groups: await store.bucket("aspen_worker_groups", WorkerGroup),
     report: async (events) => (await unaryCall(jobManager.reportAttempts.bind(jobManager), { events })).refusals,
     log,
     heartbeatIntervalMs: config.ASPEN_HEARTBEAT_INTERVAL,
     unhealthyAfterMs: config.ASPEN_UNHEALTHY_AFTER,
     deadAfterMs: config.ASPEN_DEAD_AFTER,
+    reconnectGraceMs: config.ASPEN_RECONNECT_GRACE,
+    maxGroups: config.ASPEN_MAX_GROUPS,
     maxWorkers: config.ASPEN_MAX_WORKERS,
   });
   await coordinator.start();

@@ -56,6 +56,8 @@ export interface Placer {
   /** Chooses a worker and sends it the attempt; resolves to the worker id. */
   place(request: PlaceJobRequest): Promise<string>;
   cancel(request: CancelAttemptRequest): Promise<void>;
+  /** Ids of the live workers a selector matches (for fan-out). */
+  match(selector: NodeSelector | undefined): Promise<string[]>;
 }
 
 export interface JobManagerOptions {
@@ -86,6 +88,8 @@ const MAX_PAGE = 1000;
 const DEFAULT_RESULT_WAIT_MS = 30_000;
 const MAX_RESULT_WAIT_MS = 300_000;
 const MAX_IDEMPOTENCY_KEY_BYTES = 256;
+/** Refused reports kept per job, newest last. */
+const MAX_REFUSED_REPORTS = 20;
 const FAILURES = new Set([S.JOB_STATE_FAILED, S.JOB_STATE_TIMED_OUT, S.JOB_STATE_LOST]);
 
 export class JobManager {
@@ -166,7 +170,10 @@ export class JobManager {
     id ||= newId("j");
     await this.checkDependencies(id, spec.dependsOn, "spec.depends_on");
     return withSpan(Spans.submit, { attributes: { [Attr.jobId]: id, [Attr.scheduleId]: request.scheduleId } }, async () => {
-      const created = await this.createJob(id, spec, request, activeTraceId(), traceparentOf());
+      const created =
+        (spec.placement?.fanOut ?? 0) !== 0
+          ? await this.submitFanOut(id, spec, request, activeTraceId(), traceparentOf())
+          : await this.createJob(id, spec, request, activeTraceId(), traceparentOf());
       // A chain: each step depends on the one before. Created (if absent) on every
       // submission, so a crash between the steps is repaired by submitting again.
       let previous = id;
@@ -192,9 +199,11 @@ export class JobManager {
     request: SubmitJobRequest,
     traceId: string,
     traceparent: string,
+    extra: Partial<Job> = {},
   ): Promise<SubmitJobResponse> {
     const now = this.clock();
-    const waits = spec.dependsOn.length > 0 || (request.notBefore !== undefined && request.notBefore > now);
+    const fanOut = spec.placement?.fanOut ?? 0;
+    const waits = spec.dependsOn.length > 0 || fanOut !== 0 || (request.notBefore !== undefined && request.notBefore > now);
     const draft = Job.fromPartial({
       id,
       spec: { ...spec, then: [] },
@@ -205,11 +214,12 @@ export class JobManager {
       traceparent,
       idempotencyKey: request.idempotencyKey,
       notBefore: request.notBefore,
+      ...extra,
     });
     const job = transition(draft, waits ? S.JOB_STATE_PENDING : S.JOB_STATE_QUEUED, {
       actor: request.scheduleId ? "scheduler" : "client",
       at: now,
-      reason: waits ? waitReason(spec, request.notBefore) : "waiting for a worker",
+      reason: waits ? waitReason(spec, request.notBefore, extra.children?.length ?? 0) : "waiting for a worker",
     });
     try {
       const revision = await this.options.jobs.create(id, job);
@@ -221,6 +231,39 @@ export class JobManager {
       if (!existing) throw new ResourceExhaustedError(`job ${id} is being replaced; retry`);
       return { job: existing.value, created: false };
     }
+  }
+
+  /**
+   * Fan-out: one child job per chosen worker (every live matching worker, or
+   * the first N), each pinned to its worker; the parent waits in PENDING and
+   * ends with their aggregate ("2 of 3 succeeded").
+   */
+  private async submitFanOut(
+    id: string,
+    spec: JobSpec,
+    request: SubmitJobRequest,
+    traceId: string,
+    traceparent: string,
+  ): Promise<SubmitJobResponse> {
+    const placement = spec.placement!;
+    const existing = this.index.get(id)?.value;
+    if (existing) return { job: existing, created: false };
+    const workers = await this.options.placer.match(placement.selector);
+    const chosen = placement.fanOut === -1 ? workers : workers.slice(0, placement.fanOut);
+    const childId = (worker: string) => `${id}.on-${worker.replace(/\./g, "_")}`;
+    const parent = await this.createJob(id, { ...spec, then: [] }, request, traceId, traceparent, {
+      children: chosen.map(childId),
+    });
+    if (!parent.created) return parent;
+    for (const worker of chosen) {
+      const pinned: JobSpec = {
+        ...spec,
+        then: [],
+        placement: { ...placement, fanOut: 0, selector: NodeSelector.fromPartial({ ...placement.selector, workerId: worker }) },
+      };
+      await this.createJob(childId(worker), pinned, { ...request, idempotencyKey: "" }, traceId, traceparent, { parentId: id });
+    }
+    return parent;
   }
 
   /** The job id an idempotency key names, claiming it for `id` when new. */
@@ -446,6 +489,12 @@ export class JobManager {
                 freed ||= step.freesSlot;
               } catch (err) {
                 refusals[i] = err instanceof Error ? err.message : String(err);
+                // Refused, never applied, but recorded on the job for people to see.
+                const e = events[i]!;
+                const what =
+                  e.event?.$case === "finished" ? `finished (${exitSummary(e.event.value.result)})` : (e.event?.$case ?? "event");
+                const line = `${this.clock().toISOString()} attempt ${e.attempt} ${what} from ${e.workerId}: ${refusals[i]}`;
+                job = { ...job, refusedReports: [...job.refusedReports, line].slice(-MAX_REFUSED_REPORTS) };
               }
             });
             return job === current ? undefined : job;
@@ -603,6 +652,7 @@ export class JobManager {
               spec: current.spec,
               traceparent: traceparentOf(),
               submittedAt: current.submittedAt,
+              affinityKey: current.spec?.placement?.affinityKey || current.scheduleId || current.id,
             });
             span.setAttribute(Attr.workerId, workerId);
             this.unmatched.delete(selector);
@@ -658,6 +708,7 @@ export class JobManager {
       }
       void this.resolvePending(job.id);
     } else if (isTerminal(job.state)) {
+      if (job.parentId) void this.resolvePending(job.parentId);
       const waiting = this.dependants.get(job.id);
       if (waiting) for (const dependant of waiting) void this.resolvePending(dependant);
     }
@@ -683,6 +734,7 @@ export class JobManager {
         if (job.state !== S.JOB_STATE_PENDING) return undefined;
         const now = this.clock();
         if (job.notBefore && job.notBefore > now) return undefined;
+        if ((job.spec?.placement?.fanOut ?? 0) !== 0) return this.aggregate(job, now);
         for (const dep of job.spec?.dependsOn ?? []) {
           const d = this.index.get(dep)?.value;
           if (!d) {
@@ -710,6 +762,27 @@ export class JobManager {
     } catch (err) {
       this.log.error({ job: id, err: (err as Error).message }, "could not resolve a pending job");
     }
+  }
+
+  /** A fan-out parent ends once every child has: SUCCEEDED if all did, else FAILED. */
+  private aggregate(parent: Job, now: Date): Job | undefined {
+    if (parent.children.length === 0) {
+      return transition(parent, S.JOB_STATE_FAILED, {
+        actor: "job-manager",
+        at: now,
+        reason: `fan-out: no live worker matches ${describe(parent.spec?.placement?.selector)}`,
+      });
+    }
+    const children = parent.children.map((id) => this.index.get(id)?.value);
+    if (children.some((c) => !c || !isTerminal(c.state))) return undefined;
+    const succeeded = children.filter((c) => c?.state === S.JOB_STATE_SUCCEEDED).length;
+    const to = succeeded === children.length ? S.JOB_STATE_SUCCEEDED : S.JOB_STATE_FAILED;
+    return transition(parent, to, {
+      actor: "job-manager",
+      at: now,
+      reason: `fan-out: ${succeeded} of ${children.length} succeeded`,
+      patch: { finishedAt: now },
+    });
   }
 
   // ---- maintenance ------------------------------------------------------
@@ -793,6 +866,15 @@ export class JobManager {
   }
 }
 
+function exitSummary(result: AttemptResult | undefined): string {
+  if (!result) return "no result";
+  return result.error || (result.signal ? result.signal : `exit code ${result.exitCode}`);
+}
+
+function describe(selector: NodeSelector | undefined): string {
+  return selector ? JSON.stringify(NodeSelector.toJSON(selector)) : "any worker";
+}
+
 /** Identity of a job's placement constraints, for the no-match cache. */
 function selectorKey(spec: JobSpec | undefined): string {
   const sel = spec?.placement?.selector;
@@ -803,7 +885,8 @@ function keyHash(key: string): string {
   return createHash("sha256").update(key).digest("base64url");
 }
 
-function waitReason(spec: JobSpec, notBefore: Date | undefined): string {
+function waitReason(spec: JobSpec, notBefore: Date | undefined, children: number): string {
+  if ((spec.placement?.fanOut ?? 0) !== 0) return `fan-out: waiting for ${children} job(s), one per worker`;
   if (spec.dependsOn.length > 0) return `waiting for ${spec.dependsOn.join(", ")}`;
   return `waiting until ${notBefore?.toISOString()}`;
 }

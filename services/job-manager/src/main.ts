@@ -5,6 +5,7 @@ import { Store } from "@aspen/store";
 import { loadJobManagerConfig } from "./config.js";
 import { JobManager, type Placer } from "./job-manager.js";
 import { jobService } from "./job-service.js";
+import { configureOutputStream } from "./output-stream.js";
 
 const log = createLogger("job-manager");
 
@@ -18,12 +19,15 @@ await runMain(log, async () => {
     replicas: config.ASPEN_BUCKET_REPLICAS,
     log,
   });
+  configureOutputStream(store.nc);
   const coordinator = createClient(CoordinatorServiceClient, config.ASPEN_COORDINATOR_ADDR);
   const placer: Placer = {
     place: async (req) => (await unaryCall(coordinator.placeJob.bind(coordinator), req)).workerId,
     cancel: async (req) => {
       await unaryCall(coordinator.cancelAttempt.bind(coordinator), req);
     },
+    match: async (selector) =>
+      (await unaryCall(coordinator.matchWorkers.bind(coordinator), { selector })).workers.map((w) => w.id),
   };
   const jobs = new JobManager({
     jobs: await store.bucket("aspen_jobs", Job, { history: 1 }),

@@ -4,7 +4,7 @@
  * whole in the object store as "<job id>/<attempt>/<stream>", and the record
  * keeps its head and tail.
  */
-import type { AttemptResult, Output } from "@aspen/proto";
+import { AttemptResult, type Output } from "@aspen/proto";
 import type { ObjectBucket } from "@aspen/store";
 
 /** Captured text kept in the job record per stream, bytes. */
@@ -35,15 +35,7 @@ export async function offloadLargeOutput(
   attempt: number,
   objects: ObjectBucket,
 ): Promise<AttemptResult> {
-  const r: AttemptResult = result ?? {
-    exitCode: -1,
-    signal: "",
-    timedOut: false,
-    cancelled: false,
-    error: "agent sent no result",
-    peakRssBytes: 0,
-    pid: 0,
-  };
+  const r: AttemptResult = result ?? AttemptResult.fromPartial({ exitCode: -1, error: "agent sent no result" });
   const [stdout, stderr] = await Promise.all([
     offloadStream(r.stdout, objectName(jobId, attempt, "stdout"), objects),
     offloadStream(r.stderr, objectName(jobId, attempt, "stderr"), objects),

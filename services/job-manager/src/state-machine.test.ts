@@ -10,7 +10,7 @@ const at = new Date("2026-01-01T00:00:00Z");
 /** The documented machine (docs/job-lifecycle.md), written out independently of the table under test. */
 const expected: Record<string, JobState[]> = {
   [S.JOB_STATE_UNSPECIFIED]: [S.JOB_STATE_PENDING, S.JOB_STATE_QUEUED],
-  [S.JOB_STATE_PENDING]: [S.JOB_STATE_QUEUED, S.JOB_STATE_CANCELLED],
+  [S.JOB_STATE_PENDING]: [S.JOB_STATE_QUEUED, S.JOB_STATE_CANCELLED, S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED],
   [S.JOB_STATE_QUEUED]: [S.JOB_STATE_ASSIGNED, S.JOB_STATE_CANCELLED],
   [S.JOB_STATE_ASSIGNED]: [
     S.JOB_STATE_RUNNING,

@@ -12,7 +12,8 @@ const S = JobState;
 /** Legal next states. Retries (FAILED/TIMED_OUT/LOST → QUEUED) and DEAD belong to the retry policy. */
 export const LEGAL_TRANSITIONS: ReadonlyMap<JobState, ReadonlySet<JobState>> = new Map([
   [S.JOB_STATE_UNSPECIFIED, new Set([S.JOB_STATE_PENDING, S.JOB_STATE_QUEUED])],
-  [S.JOB_STATE_PENDING, new Set([S.JOB_STATE_QUEUED, S.JOB_STATE_CANCELLED])],
+  // A fan-out parent never runs itself: it ends with its children's aggregate.
+  [S.JOB_STATE_PENDING, new Set([S.JOB_STATE_QUEUED, S.JOB_STATE_CANCELLED, S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED])],
   [S.JOB_STATE_QUEUED, new Set([S.JOB_STATE_ASSIGNED, S.JOB_STATE_CANCELLED])],
   [
     S.JOB_STATE_ASSIGNED,
