@@ -199,12 +199,7 @@ export class Scheduler {
     this.token = token;
     this.leading = true;
     const t0 = this.clock();
-    const all = await this.options.schedules.all();
-    if (!this.leading || this.token !== token) return;
-    for (const record of all) {
-      const known = this.schedules.get(record.key);
-      if (!known || known.record.revision < record.revision) this.load(record);
-    }
+    // The map is current: loaded by start() and kept in step by the bucket watch since.
     for (const id of this.schedules.keys()) this.reconcile(id);
     this.queueTimer = setInterval(() => this.pollQueues(), this.options.queuePollMs ?? 500);
     this.queueTimer.unref();
