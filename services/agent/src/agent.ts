@@ -11,11 +11,16 @@ import {
   CoordinatorServiceClient,
   type AgentMessage,
   type Assignment,
+  type AttemptResult,
   type AttemptEvent,
   type CoordinatorMessage,
 } from "@aspen/proto";
 import { Attr, contextFromTraceparent, createClient, durationToMs, Spans, withSpan, type Logger } from "@aspen/runtime";
-import { execute, type Execution, type ExecutorOptions } from "./executor.js";
+import { Refusal, RateLimiter, type CompiledPolicy, type Plan } from "./admission.js";
+import type { AuditLog } from "./audit.js";
+import type { Execution, ExecutorOptions } from "./executor.js";
+import { HandlerRegistry, type Started } from "./handlers.js";
+import type { OutputStore } from "./output-store.js";
 
 export interface AgentOptions {
   coordinatorAddr: string;
@@ -25,6 +30,13 @@ export interface AgentOptions {
   slots: number;
   version: string;
   executor: ExecutorOptions;
+  /** The agent's policy (admission.ts): the last word on what runs. */
+  policy: CompiledPolicy;
+  /** Full outputs go here when set (else inline capture only). */
+  store?: OutputStore;
+  /** One record per execution or refusal when set. */
+  audit?: AuditLog;
+  handlers?: HandlerRegistry;
   log: Logger;
   /** Longest wait between reconnection attempts, ms. */
   maxBackoffMs: number;
@@ -47,9 +59,18 @@ export class Agent {
   private wake: (() => void) | undefined;
   private closing: Promise<void> | undefined;
   private idleWaiters: Array<() => void> = [];
+  private readonly handlers: HandlerRegistry;
+  private readonly rateLimiter: RateLimiter;
 
   constructor(private readonly options: AgentOptions) {
     this.client = createClient(CoordinatorServiceClient, options.coordinatorAddr);
+    this.handlers = options.handlers ?? new HandlerRegistry();
+    this.rateLimiter = new RateLimiter(options.policy.policy.rateLimit);
+  }
+
+  /** Attempts running now ("<job id>#<attempt>"). */
+  get running(): string[] {
+    return [...this.active.keys()];
   }
 
   get connected(): boolean {
@@ -146,18 +167,36 @@ export class Agent {
     const { jobId, attempt } = assignment;
     const k = key(jobId, attempt);
     const base = { jobId, attempt, workerId: this.options.workerId };
-    const refuse = (error: string) =>
+    const traceId = assignment.traceparent.split("-")[1] ?? "";
+    const refuse = (error: string, byPolicy: boolean) => {
+      const now = new Date();
       this.send({
         ...base,
         event: {
           $case: "finished",
-          value: { result: { exitCode: -1, signal: "", timedOut: false, cancelled: false, error, peakRssBytes: 0, pid: 0 } },
+          value: {
+            result: {
+              exitCode: -1,
+              signal: "",
+              timedOut: false,
+              cancelled: false,
+              error,
+              peakRssBytes: 0,
+              pid: 0,
+              startedAt: now,
+              finishedAt: now,
+              details: { refused: true, limitExceeded: "", program: "", runAs: "", sandboxed: false, usageSource: "" },
+            },
+          },
         },
       });
+      if (byPolicy) this.options.log.warn({ job: jobId, attempt, reason: error }, "attempt refused");
+      this.audit(assignment, undefined, { refused: true, error, at: now, traceId });
+    };
     if (this.active.has(k)) return; // duplicate delivery: already running
-    if (this.state !== "running") return refuse("agent is shutting down");
-    if (this.active.size >= this.options.slots) return refuse(`agent ${this.options.workerId} has no free slot`);
-    if (!assignment.spec) return refuse("assignment without a job spec");
+    if (this.state !== "running") return refuse("agent is shutting down", false);
+    if (this.active.size >= this.options.slots) return refuse(`agent ${this.options.workerId} has no free slot`, false);
+    if (!assignment.spec) return refuse("assignment without a job spec", false);
     const spec = assignment.spec;
     void withSpan(
       Spans.execute,
@@ -171,13 +210,23 @@ export class Agent {
         },
       },
       async (span) => {
-        let execution: Execution;
+        let started: Started;
         try {
-          execution = execute(spec, this.options.executor);
+          const handler = this.handlers.get(spec.jobType, this.options.policy.policy.jobTypes);
+          started = handler.start(spec, {
+            jobId,
+            attempt,
+            policy: this.options.policy,
+            rateLimiter: this.rateLimiter,
+            executor: this.options.executor,
+            store: this.options.store,
+          });
         } catch (err) {
-          refuse((err as Error).message);
+          if (!(err instanceof Refusal)) this.options.log.error({ err, job: jobId }, "attempt could not start");
+          refuse((err as Error).message, err instanceof Refusal);
           return;
         }
+        const execution = started.execution;
         this.active.set(k, execution);
         execution.started.then(
           ({ pid, startedAt }) => this.send({ ...base, event: { $case: "started", value: { startedAt, pid } } }),
@@ -190,10 +239,60 @@ export class Agent {
           [Attr.outputBytes]: (result.stdout?.totalBytes ?? 0) + (result.stderr?.totalBytes ?? 0),
         });
         this.send({ ...base, event: { $case: "finished", value: { result } } });
+        this.audit(assignment, started.plan, { result, traceId });
         this.options.log.debug({ job: jobId, attempt, exitCode: result.exitCode }, "attempt finished");
         if (this.active.size === 0) this.idleWaiters.splice(0).forEach((w) => w());
       },
     );
+  }
+
+  private audit(
+    assignment: Assignment,
+    plan: Plan | undefined,
+    what: { result?: AttemptResult; refused?: boolean; error?: string; at?: Date; traceId: string },
+  ): void {
+    if (!this.options.audit) return;
+    const spec = assignment.spec;
+    const r = what.result;
+    const outcome = what.refused
+      ? `refused: ${what.error}`
+      : !r
+        ? "unknown"
+        : r.timedOut
+          ? "timed out"
+          : r.cancelled
+            ? "cancelled"
+            : r.error
+              ? `failed: ${r.error}`
+              : r.signal
+                ? `signal ${r.signal}`
+                : `exit ${r.exitCode}`;
+    this.options.audit.append({
+      jobId: assignment.jobId,
+      attempt: assignment.attempt,
+      workerId: this.options.workerId,
+      hostname: hostname(),
+      submittedBy: spec?.tags["submitted-by"] ?? "",
+      jobType: spec?.jobType || "shell",
+      command: plan?.program ?? spec?.exec?.command ?? "",
+      args: plan?.args ?? spec?.exec?.args ?? [],
+      shell: spec?.exec?.shell ?? false,
+      cwd: plan?.cwd ?? spec?.exec?.cwd ?? "",
+      envNames: Object.keys(spec?.exec?.env ?? {}),
+      runAs: plan?.runAs?.label ?? "",
+      startedAt: r?.startedAt ?? what.at,
+      finishedAt: r?.finishedAt ?? what.at,
+      outcome,
+      exitCode: r?.exitCode ?? -1,
+      error: r?.error ?? what.error ?? "",
+      refused: what.refused ?? false,
+      stdoutBytes: r?.stdout?.totalBytes ?? 0,
+      stdoutSha256: r?.stdout?.sha256 ?? "",
+      stderrBytes: r?.stderr?.totalBytes ?? 0,
+      stderrSha256: r?.stderr?.sha256 ?? "",
+      traceId: what.traceId,
+      sequence: 0,
+    });
   }
 
   /**

@@ -1,8 +1,16 @@
-/** Agent configuration: environment variables, their defaults and units. */
+/**
+ * Agent configuration: environment variables (their defaults and units
+ * below) plus the policy file (policy.ts) named by ASPEN_AGENT_CONFIG. Where
+ * both can set a value (slots, labels, capabilities, work root, passthrough,
+ * inline output), an environment variable that is set wins over the file;
+ * labels and capabilities are merged. Validated at start: a bad value stops
+ * the agent with a message naming it.
+ */
 import { hostname, tmpdir } from "node:os";
 import { z } from "zod";
 import { env, loadConfig } from "@aspen/runtime";
 import { DEFAULT_INLINE_OUTPUT_BYTES } from "@aspen/model";
+import { loadPolicy, type Policy } from "./policy.js";
 
 export const AgentConfigSchema = z.object({
   /** Where the coordinator serves gRPC; the agent connects out to it. */
@@ -18,17 +26,57 @@ export const AgentConfigSchema = z.object({
   /** The agent's health endpoint (grpc.health.v1) for its container. */
   ASPEN_HEALTH_HOST: env.string("0.0.0.0"),
   ASPEN_HEALTH_PORT: env.port(50054),
-  /** Working directory of jobs that name none. */
+  /** Working-directory root (policy `workRoot`): jobs' cwd must resolve inside it. */
   ASPEN_WORK_DIR: env.string(tmpdir()),
-  /** The only variables of the agent's own environment a job sees. */
+  /** The only variables of the agent's own environment a job sees (policy `env.passthrough`). */
   ASPEN_ENV_PASSTHROUGH: env.list("PATH,HOME,LANG,TZ"),
-  /** Inline output kept per attempt when the job sets no limit, bytes. */
+  /** Inline output kept per attempt when the job sets no limit, bytes (policy `output.inlineBytes`). */
   ASPEN_MAX_OUTPUT_BYTES: env.int(DEFAULT_INLINE_OUTPUT_BYTES, 1024, 16 * 1024 * 1024),
   /** On SIGTERM, how long running attempts may finish before they are killed. */
   ASPEN_DRAIN_TIMEOUT: env.durationMs("30s"),
   /** Longest wait between reconnection attempts. */
   ASPEN_RECONNECT_MAX: env.durationMs("5s"),
+  /** Path of the policy file (JSON, see docs/agent.md). Default: none (permissive defaults). */
+  ASPEN_AGENT_CONFIG: env.optionalString(),
+  /** The policy as inline JSON (containers); wins over ASPEN_AGENT_CONFIG. */
+  ASPEN_AGENT_CONFIG_JSON: env.optionalString(),
+  /**
+   * NATS for full outputs (object store aspen_outputs) and audit records
+   * (stream ASPEN_AUDIT), comma-separated. Empty: inline output only, no audit.
+   */
+  ASPEN_NATS_SERVERS: env.list(""),
+  /** How long audit records are kept when this agent creates the stream, days. */
+  ASPEN_AUDIT_RETENTION_DAYS: env.int(90, 1, 36500),
   ASPEN_LOG_LEVEL: env.logLevel(),
 });
 
-export const loadAgentConfig = (source?: Record<string, string | undefined>) => loadConfig(AgentConfigSchema, source);
+export type AgentEnvConfig = z.infer<typeof AgentConfigSchema>;
+
+export interface AgentSettings {
+  env: AgentEnvConfig;
+  /** The policy with the environment's overrides applied. */
+  policy: Policy;
+  slots: number;
+  labels: Record<string, string>;
+  capabilities: string[];
+  workRoot: string;
+  inlineBytes: number;
+}
+
+export function loadAgentConfig(source: Record<string, string | undefined> = process.env): AgentSettings {
+  const config = loadConfig(AgentConfigSchema, source);
+  const set = (name: keyof AgentEnvConfig) => source[name] !== undefined && source[name] !== "";
+  const policy = loadPolicy(config.ASPEN_AGENT_CONFIG_JSON, config.ASPEN_AGENT_CONFIG);
+  if (set("ASPEN_ENV_PASSTHROUGH") || !policy.env.passthrough) policy.env.passthrough = config.ASPEN_ENV_PASSTHROUGH;
+  return {
+    env: config,
+    policy,
+    slots: set("ASPEN_SLOTS") ? config.ASPEN_SLOTS : (policy.slots ?? config.ASPEN_SLOTS),
+    labels: { ...policy.labels, ...config.ASPEN_LABELS },
+    capabilities: [...new Set([...(policy.capabilities ?? []), ...config.ASPEN_CAPABILITIES])],
+    workRoot: set("ASPEN_WORK_DIR") ? config.ASPEN_WORK_DIR : (policy.workRoot ?? config.ASPEN_WORK_DIR),
+    inlineBytes: set("ASPEN_MAX_OUTPUT_BYTES")
+      ? config.ASPEN_MAX_OUTPUT_BYTES
+      : (policy.output.inlineBytes ?? config.ASPEN_MAX_OUTPUT_BYTES),
+  };
+}

@@ -3,13 +3,18 @@ import { createHash } from "node:crypto";
 import { describe, expect, it } from "vitest";
 import { JobSpec, StderrMode } from "@aspen/proto";
 import { processGroupAlive } from "@aspen/testkit";
-import { BoundedCapture, execute, type ExecutorOptions } from "./executor.js";
+import { admit, compilePolicy } from "./admission.js";
+import { BoundedCapture, execute as run, type ExecutorOptions } from "./executor.js";
+import { PolicySchema } from "./policy.js";
 
-const options: ExecutorOptions = {
-  baseEnv: { PATH: process.env.PATH ?? "/usr/bin:/bin" },
-  defaultCwd: "/tmp",
-  maxInlineOutputBytes: 1024 * 1024,
-};
+const options: ExecutorOptions = { maxInlineOutputBytes: 1024 * 1024 };
+const policy = compilePolicy(PolicySchema.parse({ workRoot: "/tmp" }), {
+  defaultWorkRoot: "/tmp",
+  agentEnv: { PATH: process.env.PATH ?? "/usr/bin:/bin" },
+  isRoot: false,
+});
+/** Admits under a permissive policy, then runs. */
+const execute = (s: JobSpec, o: ExecutorOptions) => run(s, admit(s, policy), o);
 const spec = (s: Parameters<typeof JobSpec.fromPartial>[0]) => JobSpec.fromPartial(s);
 const sh = (script: string, extra: Parameters<typeof JobSpec.fromPartial>[0] = {}) =>
   spec({ ...extra, exec: { command: "/bin/sh", args: ["-c", script], ...extra.exec } });
@@ -43,11 +48,14 @@ describe("executor", () => {
   });
 
   it("says why when the command cannot start", async () => {
-    const run = execute(spec({ exec: { command: "no-such-command-aspen" } }), options);
-    await expect(run.started).rejects.toThrow();
-    const r = await run.result;
+    expect(() => execute(spec({ exec: { command: "no-such-command-aspen" } }), options)).toThrow(
+      /command "no-such-command-aspen" not found on the agent's PATH/,
+    );
+    // A program that vanished between admission and spawn fails at spawn, with the reason.
+    const s = spec({ exec: { command: "true" } });
+    const r = await run(s, { ...admit(s, policy), program: "/nonexistent/aspen-true" }, options).result;
     expect(r.exitCode).toBe(-1);
-    expect(r.error).toMatch(/could not start "no-such-command-aspen": ENOENT/);
+    expect(r.error).toMatch(/could not start "true": ENOENT/);
   });
 
   it("passes only the allowlisted base environment plus the job's own variables", async () => {

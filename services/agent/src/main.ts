@@ -1,28 +1,52 @@
-/** Agent process: wires config, logging, telemetry, the health endpoint and the coordinator session. */
+/** Agent process: wires config and policy, logging, telemetry, NATS (outputs, audit), the health endpoint and the coordinator session. */
 import { closeInOrder, createLogger, GrpcServer, runMain, startTelemetry } from "@aspen/runtime";
+import { Store } from "@aspen/store";
+import { compilePolicy } from "./admission.js";
 import { Agent } from "./agent.js";
+import { AuditLog } from "./audit.js";
 import { loadAgentConfig } from "./config.js";
+import { OutputStore } from "./output-store.js";
 
 const log = createLogger("agent");
-const VERSION = "0.1.0";
+const VERSION = "0.2.0";
 
 await runMain(log, async () => {
-  const config = loadAgentConfig();
+  const settings = loadAgentConfig();
+  const config = settings.env;
   log.level = config.ASPEN_LOG_LEVEL;
+  const policy = compilePolicy(settings.policy, {
+    defaultWorkRoot: settings.workRoot,
+    agentEnv: process.env,
+    isRoot: process.getuid?.() === 0,
+  });
+  if (!settings.policy.commands.allow) log.warn("policy: no command allowlist (commands.allow): every program may run");
+  if (settings.policy.commands.allow && settings.policy.commands.shell)
+    log.warn("policy: shell scripts are allowed (commands.shell), so the allowlist does not bind them");
+  if (process.getuid?.() === 0 && !policy.runAs) log.warn("policy: agent runs as root and jobs run as root (set runAs)");
   const telemetry = startTelemetry("aspen-agent");
-  const baseEnv: Record<string, string> = {};
-  for (const name of config.ASPEN_ENV_PASSTHROUGH) {
-    const value = process.env[name];
-    if (value !== undefined) baseEnv[name] = value;
-  }
+  const store =
+    config.ASPEN_NATS_SERVERS.length > 0
+      ? await Store.connect({ servers: config.ASPEN_NATS_SERVERS, name: `aspen-agent-${config.ASPEN_WORKER_ID}`, log })
+      : undefined;
+  if (!store) log.warn("ASPEN_NATS_SERVERS not set: full outputs are not stored and no audit records are written");
+  const outputs = store ? await OutputStore.open(store.nc) : undefined;
+  const audit = store ? await AuditLog.open(store.nc, log, config.ASPEN_AUDIT_RETENTION_DAYS) : undefined;
   const agent = new Agent({
     coordinatorAddr: config.ASPEN_COORDINATOR_ADDR,
     workerId: config.ASPEN_WORKER_ID,
-    labels: config.ASPEN_LABELS,
-    capabilities: config.ASPEN_CAPABILITIES,
-    slots: config.ASPEN_SLOTS,
+    labels: settings.labels,
+    capabilities: settings.capabilities,
+    slots: settings.slots,
     version: VERSION,
-    executor: { baseEnv, defaultCwd: config.ASPEN_WORK_DIR, maxInlineOutputBytes: config.ASPEN_MAX_OUTPUT_BYTES },
+    policy,
+    store: outputs,
+    audit,
+    executor: {
+      maxInlineOutputBytes: settings.inlineBytes,
+      maxOutputBytes: settings.policy.output.maxBytes,
+      sandbox: { bwrap: settings.policy.sandbox.bwrap, writable: settings.policy.sandbox.writable },
+      onStoreError: (stream, err) => log.warn({ stream, err: err.message }, "full output not stored; inline capture only"),
+    },
     log,
     maxBackoffMs: config.ASPEN_RECONNECT_MAX,
   });
@@ -30,12 +54,17 @@ await runMain(log, async () => {
   const health = new GrpcServer({ host: config.ASPEN_HEALTH_HOST, port: config.ASPEN_HEALTH_PORT, log, services: [] });
   const port = await health.start();
   agent.start();
-  log.info({ healthPort: port, worker: config.ASPEN_WORKER_ID, slots: config.ASPEN_SLOTS }, "agent ready");
+  log.info(
+    { healthPort: port, worker: config.ASPEN_WORKER_ID, slots: settings.slots, workRoot: policy.workRoot, outputs: !!outputs },
+    "agent ready",
+  );
   return {
     close: () =>
       closeInOrder(log, [
         ["agent", () => agent.close(config.ASPEN_DRAIN_TIMEOUT)],
+        ["audit", async () => audit?.flush()],
         ["health server", () => health.close(1_000)],
+        ["nats", async () => store?.close()],
         ["telemetry", () => telemetry.shutdown()],
       ]),
   };

@@ -3,6 +3,7 @@ import { JobServiceService, type Job, type JobServiceServer } from "@aspen/proto
 import { bindService, durationToMs, InvalidArgumentError, type ServiceBinding } from "@aspen/runtime";
 import { isTerminal } from "@aspen/model";
 import type { JobManager } from "./job-manager.js";
+import { outputStreamHandlers } from "./output-stream.js";
 
 export function jobService(jobs: JobManager): ServiceBinding<JobServiceServer> {
   return bindService<JobServiceServer>("aspen.v1.JobService", JobServiceService, {
@@ -23,6 +24,7 @@ export function jobService(jobs: JobManager): ServiceBinding<JobServiceServer> {
       return jobs.result(req.jobId, Math.min(wait, untilDeadline) || 1, abort.signal);
     },
     getStats: async () => jobs.stats(),
+    ...outputStreamHandlers(jobs),
     requeueJob: (req) => jobs.requeue(req.jobId, req.reason),
     purgeDeadLetters: async (req) => ({ purged: await jobs.purgeDeadLetters(req.jobIds) }),
     watchJob: async (req, call) => {
