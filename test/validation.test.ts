@@ -10,6 +10,7 @@ import {
   CreateScheduleRequest,
   JobServiceClient,
   PreviewScheduleRequest,
+  RetryPolicy_Kind,
   SchedulerServiceClient,
   SubmitJobRequest,
   type AgentMessage,
@@ -99,12 +100,17 @@ describe("input validation", () => {
     expect(missing.code).toBe(status.NOT_FOUND);
   });
 
-  it("refuses not-yet-implemented options with UNIMPLEMENTED naming the field, not by ignoring them", async () => {
+  it("refuses contradictory options naming the field: a retried at_most_once job", async () => {
     const err = await refusal(
-      unaryCall(jobs.submitJob.bind(jobs), SubmitJobRequest.fromPartial({ spec: { ...job("echo"), placement: { fanOut: -1 } } })),
+      unaryCall(
+        jobs.submitJob.bind(jobs),
+        SubmitJobRequest.fromPartial({
+          spec: { ...job("echo"), atMostOnce: true, retry: { kind: RetryPolicy_Kind.KIND_FIXED } },
+        }),
+      ),
     );
-    expect(err.code).toBe(status.UNIMPLEMENTED);
-    expect(err.message).toMatch(/^spec\.placement\.fan_out:/);
+    expect(err.code).toBe(status.INVALID_ARGUMENT);
+    expect(err.message).toMatch(/^spec\.retry\.kind: must be NONE for an at_most_once job/);
   });
 
   it("ends a WatchJob stream for an unknown job with NOT_FOUND (server streaming)", async () => {

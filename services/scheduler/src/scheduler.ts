@@ -191,7 +191,7 @@ export class Scheduler {
       return;
     }
     const armed = known && known.specKey === specKey(value.value) ? Object.assign(known, { record: value }) : this.load(value);
-    if (armed && this.leading) this.reconcile(key);
+    if (armed && this.leading) this.reconcile(key, false);
   }
 
   /** Becomes the firing replica under fencing token `token`: re-reads everything and arms it. */
@@ -444,9 +444,11 @@ export class Scheduler {
   /**
    * Arms a schedule from its stored state (leader only): an interrupted fire
    * is finished first; an instant more than the grace behind now goes through
-   * catch-up; anything else is armed as it is.
+   * catch-up; anything else is armed as it is. With `recoverInterrupted`
+   * false (a change another replica just wrote), a fire it recorded is its own
+   * to finish (a trigger or backfill it serves): it is not taken over here.
    */
-  private reconcile(id: string): void {
+  private reconcile(id: string, recoverInterrupted = true): void {
     const armed = this.schedules.get(id);
     if (!armed || !this.leading) return;
     const s = armed.record.value;
@@ -457,6 +459,10 @@ export class Scheduler {
     const status = statusOf(s);
     const next = status.nextFireAt?.getTime();
     const now = this.clock();
+    if (status.firingAt && !recoverInterrupted) {
+      if (next !== undefined) this.timers.arm(id, next);
+      return;
+    }
     if (!status.firingAt && next !== undefined && next >= now - this.graceMs) {
       this.timers.arm(id, next);
       return;
