@@ -2,6 +2,7 @@
 import { InvalidArgumentError, Option, type Command } from "commander";
 import { status } from "@grpc/grpc-js";
 import {
+  AuditRecord,
   Job,
   JobSpec,
   JobState,
@@ -15,6 +16,7 @@ import {
   type JobServiceClient,
   type JobTransition,
   type Output,
+  type OutputChunk,
 } from "@aspen/proto";
 import { AspenError, durationToMs, fromServiceError, isServiceError, msToDuration, unaryCall } from "@aspen/runtime";
 import { isTerminal, parseState, stateName } from "@aspen/model";
@@ -388,5 +390,64 @@ export function registerJobCommands(program: Command, clients: Clients): void {
       );
       console.log();
       console.log(`oldest queued: ${stats.oldestQueuedAge ? formatDuration(durationToMs(stats.oldestQueuedAge)) : "-"}`);
+    });
+
+  job
+    .command("logs")
+    .description("print a job's full output (stdout to stdout, stderr to stderr); -f follows a running job")
+    .argument("<id>")
+    .option("-f, --follow", "keep printing while the attempt runs, until it ends")
+    .option("--attempt <n>", "attempt to show (default: the current one)", parseCount)
+    .option("--stream <name>", "only stdout or only stderr")
+    .action(async (id: string, opts: { follow?: boolean; attempt?: number; stream?: string }) => {
+      const c = clients.jobs;
+      const req = { jobId: id, attempt: opts.attempt ?? 0, follow: !!opts.follow, streams: opts.stream ? [opts.stream] : [] };
+      try {
+        for await (const chunk of c.streamJobOutput(req) as AsyncIterable<OutputChunk>) {
+          const out = chunk.stream === "stderr" ? process.stderr : process.stdout;
+          if (chunk.inlineOnly) {
+            process.stderr.write(
+              `--- ${chunk.stream}: only the inline head/tail was kept (${chunk.totalBytes} bytes written) ---\n`,
+            );
+          }
+          if (chunk.data.length > 0 && !out.write(chunk.data)) await new Promise((r) => out.once("drain", r));
+        }
+      } catch (err) {
+        throw isServiceError(err) ? fromServiceError(err) : err;
+      }
+    });
+
+  job
+    .command("audit")
+    .description("the agents' audit records: what ran, where, as whom, how it ended (newest first)")
+    .argument("[id]", "only this job")
+    .option("--worker <id>", "only this worker")
+    .option("--limit <n>", "at most this many (max 1000)", parseCount, 100)
+    .option("--json", "print the AuditRecords as a JSON array")
+    .action(async (id: string | undefined, opts: { worker?: string; limit: number; json?: boolean }) => {
+      const c = clients.jobs;
+      const res = await unaryCall(c.listAuditRecords.bind(c), {
+        jobId: id ?? "",
+        workerId: opts.worker ?? "",
+        limit: opts.limit,
+      });
+      if (opts.json) {
+        console.log(json(res.records.map((r) => AuditRecord.toJSON(r))));
+        return;
+      }
+      console.log(
+        table(
+          ["FINISHED", "JOB", "ATTEMPT", "WORKER", "COMMAND", "OUTCOME", "STDOUT SHA-256"],
+          res.records.map((r) => [
+            formatInstant(r.finishedAt),
+            r.jobId,
+            String(r.attempt),
+            r.workerId,
+            r.shell ? `sh -c ${shellJoin([r.args[1] ?? ""])}` : shellJoin([r.command, ...r.args]),
+            r.outcome,
+            r.stdoutSha256 ? `${r.stdoutSha256.slice(0, 12)}… (${r.stdoutBytes} B)` : "-",
+          ]),
+        ),
+      );
     });
 }

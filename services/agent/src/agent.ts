@@ -21,6 +21,7 @@ import type { AuditLog } from "./audit.js";
 import type { Execution, ExecutorOptions } from "./executor.js";
 import { HandlerRegistry, type Started } from "./handlers.js";
 import type { OutputStore } from "./output-store.js";
+import type { GroupRegistry } from "./reaper.js";
 
 export interface AgentOptions {
   coordinatorAddr: string;
@@ -37,6 +38,8 @@ export interface AgentOptions {
   /** One record per execution or refusal when set. */
   audit?: AuditLog;
   handlers?: HandlerRegistry;
+  /** Records running process groups so a restarted agent can kill what a crashed one left. */
+  groups?: GroupRegistry;
   log: Logger;
   /** Longest wait between reconnection attempts, ms. */
   maxBackoffMs: number;
@@ -228,11 +231,16 @@ export class Agent {
         }
         const execution = started.execution;
         this.active.set(k, execution);
+        let pgid = 0;
         execution.started.then(
-          ({ pid, startedAt }) => this.send({ ...base, event: { $case: "started", value: { startedAt, pid } } }),
+          ({ pid, startedAt }) => {
+            if (pid > 0 && this.options.groups) this.options.groups.add((pgid = pid), k);
+            this.send({ ...base, event: { $case: "started", value: { startedAt, pid } } });
+          },
           () => undefined,
         );
         const result = await execution.result;
+        if (pgid > 0) this.options.groups?.remove(pgid);
         this.active.delete(k);
         span.setAttributes({
           [Attr.exitCode]: result.exitCode,

@@ -47,6 +47,12 @@ export const AgentConfigSchema = z.object({
   ASPEN_NATS_SERVERS: env.list(""),
   /** How long audit records are kept when this agent creates the stream, days. */
   ASPEN_AUDIT_RETENTION_DAYS: env.int(90, 1, 36500),
+  /**
+   * Where the agent records its running process groups, so that after a crash
+   * the next agent kills what was left. One directory per agent, kept across
+   * restarts (deploy/ uses /var/lib/aspen-agent). Default: none (not recorded).
+   */
+  ASPEN_STATE_DIR: env.optionalString(),
   ASPEN_LOG_LEVEL: env.logLevel(),
 });
 

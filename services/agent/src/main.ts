@@ -6,6 +6,7 @@ import { Agent } from "./agent.js";
 import { AuditLog } from "./audit.js";
 import { loadAgentConfig } from "./config.js";
 import { OutputStore } from "./output-store.js";
+import { GroupRegistry } from "./reaper.js";
 
 const log = createLogger("agent");
 const VERSION = "0.2.0";
@@ -23,6 +24,10 @@ await runMain(log, async () => {
   if (settings.policy.commands.allow && settings.policy.commands.shell)
     log.warn("policy: shell scripts are allowed (commands.shell), so the allowlist does not bind them");
   if (process.getuid?.() === 0 && !policy.runAs) log.warn("policy: agent runs as root and jobs run as root (set runAs)");
+  const groups = config.ASPEN_STATE_DIR ? new GroupRegistry(config.ASPEN_STATE_DIR, log) : undefined;
+  // Before taking work: jobs a crashed predecessor left running are killed.
+  groups?.reapLeftovers();
+  if (!groups) log.warn("ASPEN_STATE_DIR not set: jobs of a crashed agent are not killed when it restarts");
   const telemetry = startTelemetry("aspen-agent");
   const store =
     config.ASPEN_NATS_SERVERS.length > 0
@@ -41,6 +46,7 @@ await runMain(log, async () => {
     policy,
     store: outputs,
     audit,
+    groups,
     executor: {
       maxInlineOutputBytes: settings.inlineBytes,
       maxOutputBytes: settings.policy.output.maxBytes,
