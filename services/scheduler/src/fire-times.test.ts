@@ -1,5 +1,11 @@
 import { describe, expect, it } from "vitest";
-import { DstPolicy_Ambiguous as A, DstPolicy_Nonexistent as N, ScheduleSpec } from "@aspen/proto";
+import {
+  type CatchUpPolicy,
+  type ConflictPolicy,
+  DstPolicy_Ambiguous as A,
+  DstPolicy_Nonexistent as N,
+  ScheduleSpec,
+} from "@aspen/proto";
 import { InvalidArgumentError } from "@aspen/runtime";
 import { compileRule, countBetween, firesBetween, jitterOffset, validateScheduleSpec } from "./fire-times.js";
 
@@ -341,9 +347,9 @@ describe("options common to every kind", () => {
 
   it("refuses a spec without a kind and unknown policy values, naming the field", () => {
     expect(refusal(spec({})).field).toBe("spec.kind");
-    expect(refusal(cron("* * * * *", "", { catchUp: 99 })).field).toBe("spec.catch_up");
-    expect(refusal(cron("* * * * *", "", { conflict: 99 })).field).toBe("spec.conflict");
-    expect(refusal(cron("* * * * *", "", { dst: { nonexistent: 9, ambiguous: 0 } })).field).toBe("spec.dst.nonexistent");
+    expect(refusal(cron("* * * * *", "", { catchUp: 99 as CatchUpPolicy })).field).toBe("spec.catch_up");
+    expect(refusal(cron("* * * * *", "", { conflict: 99 as ConflictPolicy })).field).toBe("spec.conflict");
+    expect(refusal(cron("* * * * *", "", { dst: { nonexistent: 9 as N, ambiguous: 0 } })).field).toBe("spec.dst.nonexistent");
     expect(refusal(cron("* * * * *", "", { catchUpLimit: 1_000_000 })).field).toBe("spec.catch_up_limit");
   });
 });
