@@ -22,6 +22,8 @@ export {
   activeTraceId,
   context,
   contextFromTraceparent,
+  meter,
+  observeGauge,
   SpanKind,
   startTelemetry,
   trace,
@@ -31,6 +33,7 @@ export {
   type Context,
   type Span,
   type Telemetry,
+  type TelemetryOptions,
 } from "./telemetry.js";
 export {
   bindService,

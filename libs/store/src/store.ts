@@ -7,7 +7,7 @@
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { Kvm, type KV } from "@nats-io/kv";
 import { Objm, type ObjectStore } from "@nats-io/obj";
-import { AlreadyExistsError, ConflictError, UnavailableError, type Logger } from "@aspen/runtime";
+import { AlreadyExistsError, ConflictError, FailedPreconditionError, UnavailableError, type Logger } from "@aspen/runtime";
 
 /** ts-proto message functions: all a bucket needs to store a record type. */
 export interface Codec<T> {
@@ -27,7 +27,12 @@ export interface StoreOptions {
   servers: string[];
   /** Connection name shown by the NATS server (the service name). */
   name: string;
-  /** Replicas for buckets this process creates. Default 1. */
+  /**
+   * Replicas of every bucket this process opens. Default 1. A bucket that is
+   * missing is created with this many; one that exists with another count is
+   * refused with a ReplicaMismatchError (never silently used at a lower
+   * durability than configured). 3 in a 3-node cluster.
+   */
   replicas?: number;
   log: Logger;
 }
@@ -42,6 +47,27 @@ function isWrongLastSequence(err: unknown): boolean {
     e?.api_error?.err_code === WRONG_LAST_SEQUENCE ||
     (typeof e?.message === "string" && e.message.includes("wrong last sequence"))
   );
+}
+
+/**
+ * An existing bucket's replica count is not the configured one. Raised on
+ * start, so a service configured for R3 never runs on an R1 bucket left over
+ * from a single-node setup (or the reverse). Change the bucket with
+ * `nats stream edit KV_<bucket> --replicas N` (see docs/operations.md) or
+ * the configuration, then start again.
+ */
+export class ReplicaMismatchError extends FailedPreconditionError {
+  constructor(
+    readonly bucket: string,
+    readonly configured: number,
+    readonly actual: number,
+  ) {
+    super(
+      `bucket ${JSON.stringify(bucket)} has ${actual} replica${actual === 1 ? "" : "s"} but ASPEN_BUCKET_REPLICAS is ${configured}: ` +
+        `refusing to run at a durability other than configured (change the bucket's replicas, or the setting, to match)`,
+    );
+    this.name = "ReplicaMismatchError";
+  }
 }
 
 export class Bucket<T> {
@@ -228,16 +254,31 @@ export class Store {
     }
   }
 
-  /** Opens a KV bucket, creating it when missing. `history` keeps old revisions (default 1). */
+  /** Replicas every bucket of this store must have. */
+  get replicas(): number {
+    return this.options.replicas ?? 1;
+  }
+
+  /**
+   * Opens a KV bucket, creating it when missing. `history` keeps old revisions (default 1).
+   * Throws ReplicaMismatchError when it exists with another replica count.
+   */
   async bucket<T>(name: string, codec: Codec<T>, opts: { history?: number } = {}): Promise<Bucket<T>> {
-    const kv = await new Kvm(this.nc).create(name, { history: opts.history ?? 1, replicas: this.options.replicas ?? 1 });
+    const kv = await new Kvm(this.nc).create(name, { history: opts.history ?? 1, replicas: this.replicas });
+    this.checkReplicas(name, (await kv.status()).replicas);
     return new Bucket(name, kv, codec);
   }
 
-  /** Opens an object store bucket, creating it when missing. */
+  /** Opens an object store bucket, creating it when missing; checks its replicas like `bucket`. */
   async objects(name: string): Promise<ObjectBucket> {
-    const os = await new Objm(this.nc).create(name, { replicas: this.options.replicas ?? 1 });
+    const os = await new Objm(this.nc).create(name, { replicas: this.replicas });
+    this.checkReplicas(name, (await os.status()).replicas);
     return new ObjectBucket(name, os);
+  }
+
+  private checkReplicas(name: string, actual: number): void {
+    // Kvm/Objm.create returns an existing bucket as it is: compare, never downgrade silently.
+    if (actual !== this.replicas) throw new ReplicaMismatchError(name, this.replicas, actual);
   }
 
   /** Flushes pending writes and closes. Safe to call twice. */

@@ -21,6 +21,12 @@ export const CoordinatorConfigSchema = z.object({
   ASPEN_MAX_GROUPS: env.int(64, 1, 10_000),
   /** Most registered workers (RESOURCE_EXHAUSTED past it). */
   ASPEN_MAX_WORKERS: env.int(1024, 1, 100_000),
+  /** This replica's name in logs and in the NATS connection name (two replicas side by side). Default: host-pid. */
+  ASPEN_REPLICA_ID: env.string(""),
+  /** Serve Prometheus metrics on this port at /metrics (docs/metrics.md). 0: no metrics endpoint. */
+  ASPEN_METRICS_PORT: env.port(0),
+  /** Address the metrics endpoint binds. */
+  ASPEN_METRICS_HOST: env.string("0.0.0.0"),
   ASPEN_LOG_LEVEL: env.logLevel(),
 });
 

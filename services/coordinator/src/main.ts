@@ -1,6 +1,18 @@
-/** Coordinator process: wires config, logging, telemetry, NATS and the gRPC server. */
-import { JobServiceClient, Worker, WorkerGroup } from "@aspen/proto";
-import { closeInOrder, createClient, createLogger, GrpcServer, runMain, startTelemetry, unaryCall } from "@aspen/runtime";
+/** Coordinator process: wires config, logging, telemetry and metrics, NATS and the gRPC server. */
+import { hostname } from "node:os";
+import { performance } from "node:perf_hooks";
+import { JobServiceClient, Worker, WorkerGroup, WorkerHealth } from "@aspen/proto";
+import {
+  closeInOrder,
+  createClient,
+  createLogger,
+  GrpcServer,
+  meter,
+  observeGauge,
+  runMain,
+  startTelemetry,
+  unaryCall,
+} from "@aspen/runtime";
 import { Store } from "@aspen/store";
 import { loadCoordinatorConfig } from "./config.js";
 import { Coordinator } from "./coordinator.js";
@@ -11,10 +23,15 @@ const log = createLogger("coordinator");
 await runMain(log, async () => {
   const config = loadCoordinatorConfig();
   log.level = config.ASPEN_LOG_LEVEL;
-  const telemetry = startTelemetry("aspen-coordinator");
+  const replicaId = config.ASPEN_REPLICA_ID || `${hostname()}-${process.pid}`;
+  const telemetry = startTelemetry("aspen-coordinator", {
+    metricsPort: config.ASPEN_METRICS_PORT || undefined,
+    metricsHost: config.ASPEN_METRICS_HOST,
+  });
+  await telemetry.ready();
   const store = await Store.connect({
     servers: config.ASPEN_NATS_SERVERS,
-    name: "aspen-coordinator",
+    name: `aspen-coordinator/${replicaId}`,
     replicas: config.ASPEN_BUCKET_REPLICAS,
     log,
   });
@@ -22,7 +39,8 @@ await runMain(log, async () => {
   const coordinator = new Coordinator({
     workers: await store.bucket("aspen_workers", Worker),
     groups: await store.bucket("aspen_worker_groups", WorkerGroup),
-    report: async (events) => (await unaryCall(jobManager.reportAttempts.bind(jobManager), { events })).refusals,
+    report: async (events, notHeld) =>
+      (await unaryCall(jobManager.reportAttempts.bind(jobManager), { events, notHeld })).refusals,
     log,
     heartbeatIntervalMs: config.ASPEN_HEARTBEAT_INTERVAL,
     unhealthyAfterMs: config.ASPEN_UNHEALTHY_AFTER,
@@ -32,6 +50,36 @@ await runMain(log, async () => {
     maxWorkers: config.ASPEN_MAX_WORKERS,
   });
   await coordinator.start();
+  // Placement time: measured around Coordinator.place (choose a worker and send it the attempt).
+  const placeTime = meter().createHistogram("aspen.coordinator.placement_duration", {
+    unit: "ms",
+    description: "time to choose a worker and hand it the attempt (failed placements included)",
+  });
+  const place = coordinator.place.bind(coordinator);
+  coordinator.place = async (request) => {
+    const t0 = performance.now();
+    try {
+      return await place(request);
+    } finally {
+      placeTime.record(performance.now() - t0);
+    }
+  };
+  observeGauge("aspen.coordinator.slots", { description: "agent slots by worker, used (running attempts) and total" }, () =>
+    coordinator
+      .workers()
+      .flatMap((w) => [
+        [w.running.length, { worker: w.id, kind: "used" }] as const,
+        [w.slots, { worker: w.id, kind: "total" }] as const,
+      ]),
+  );
+  observeGauge("aspen.coordinator.workers", { description: "registered workers by health" }, () => {
+    const by = new Map<string, number>();
+    for (const w of coordinator.workers()) {
+      const health = (WorkerHealth[w.health] ?? String(w.health)).replace(/^WORKER_HEALTH_/, "").toLowerCase();
+      by.set(health, (by.get(health) ?? 0) + 1);
+    }
+    return [...by].map(([health, n]) => [n, { health }] as const);
+  });
   const server = new GrpcServer({
     host: config.ASPEN_GRPC_HOST,
     port: config.ASPEN_GRPC_PORT,
@@ -39,7 +87,7 @@ await runMain(log, async () => {
     services: [coordinatorService(coordinator)],
   });
   const port = await server.start();
-  log.info({ port }, "coordinator ready");
+  log.info({ port, replica: replicaId, metricsPort: config.ASPEN_METRICS_PORT || undefined }, "coordinator ready");
   return {
     // Agents' streams are long-lived: end them first, then stop the server.
     close: () =>

@@ -26,6 +26,12 @@ export const JobManagerConfigSchema = z.object({
   ASPEN_RETAIN_FOR: env.durationMs("7d"),
   /** How often retention and assignment timeouts are checked. */
   ASPEN_MAINTENANCE_INTERVAL: env.durationMs("5s"),
+  /** This replica's name in logs and in the NATS connection name (two replicas side by side). Default: host-pid. */
+  ASPEN_REPLICA_ID: env.string(""),
+  /** Serve Prometheus metrics on this port at /metrics (docs/metrics.md). 0: no metrics endpoint. */
+  ASPEN_METRICS_PORT: env.port(0),
+  /** Address the metrics endpoint binds. */
+  ASPEN_METRICS_HOST: env.string("0.0.0.0"),
   ASPEN_LOG_LEVEL: env.logLevel(),
 });
 

@@ -1,6 +1,19 @@
-/** Job-manager process: wires config, logging, telemetry, NATS and the gRPC server. */
+/** Job-manager process: wires config, logging, telemetry and metrics, NATS and the gRPC server. */
+import { hostname } from "node:os";
+import { performance } from "node:perf_hooks";
 import { CoordinatorServiceClient, IdempotencyRecord, Job } from "@aspen/proto";
-import { closeInOrder, createClient, createLogger, GrpcServer, runMain, startTelemetry, unaryCall } from "@aspen/runtime";
+import {
+  closeInOrder,
+  createClient,
+  createLogger,
+  durationToMs,
+  GrpcServer,
+  meter,
+  observeGauge,
+  runMain,
+  startTelemetry,
+  unaryCall,
+} from "@aspen/runtime";
 import { Store } from "@aspen/store";
 import { loadJobManagerConfig } from "./config.js";
 import { JobManager, type Placer } from "./job-manager.js";
@@ -12,17 +25,33 @@ const log = createLogger("job-manager");
 await runMain(log, async () => {
   const config = loadJobManagerConfig();
   log.level = config.ASPEN_LOG_LEVEL;
-  const telemetry = startTelemetry("aspen-job-manager");
+  const replicaId = config.ASPEN_REPLICA_ID || `${hostname()}-${process.pid}`;
+  const telemetry = startTelemetry("aspen-job-manager", {
+    metricsPort: config.ASPEN_METRICS_PORT || undefined,
+    metricsHost: config.ASPEN_METRICS_HOST,
+  });
+  await telemetry.ready();
   const store = await Store.connect({
     servers: config.ASPEN_NATS_SERVERS,
-    name: "aspen-job-manager",
+    name: `aspen-job-manager/${replicaId}`,
     replicas: config.ASPEN_BUCKET_REPLICAS,
     log,
   });
   configureOutputStream(store.nc);
   const coordinator = createClient(CoordinatorServiceClient, config.ASPEN_COORDINATOR_ADDR);
+  const placeTime = meter().createHistogram("aspen.job_manager.place_duration", {
+    unit: "ms",
+    description: "PlaceJob round trip to the coordinator, as the job-manager saw it (failed placements included)",
+  });
   const placer: Placer = {
-    place: async (req) => (await unaryCall(coordinator.placeJob.bind(coordinator), req)).workerId,
+    place: async (req) => {
+      const t0 = performance.now();
+      try {
+        return (await unaryCall(coordinator.placeJob.bind(coordinator), req)).workerId;
+      } finally {
+        placeTime.record(performance.now() - t0);
+      }
+    },
     cancel: async (req) => {
       await unaryCall(coordinator.cancelAttempt.bind(coordinator), req);
     },
@@ -43,6 +72,35 @@ await runMain(log, async () => {
     maintenanceIntervalMs: config.ASPEN_MAINTENANCE_INTERVAL,
   });
   await jobs.start();
+  // Read from the in-memory index on each scrape (JobManager.stats), not from NATS.
+  observeGauge("aspen.jobs", { description: "jobs known to this job-manager, by state" }, () =>
+    Object.entries(jobs.stats().byState).map(([state, n]) => [n, { state }] as const),
+  );
+  observeGauge("aspen.job_manager.queue_depth", { description: "queued jobs by effective priority class" }, () =>
+    jobs.stats().queueDepth.map(({ priority, depth }) => [depth, { priority: String(priority) }] as const),
+  );
+  observeGauge(
+    "aspen.job_manager.oldest_queued_age",
+    { unit: "ms", description: "wait of the oldest queued job (0: none)" },
+    () => {
+      const age = jobs.stats().oldestQueuedAge;
+      return [[age ? durationToMs(age) : 0]];
+    },
+  );
+  // Output bytes of finished attempts as the agents reported them (refused reports included).
+  const outputBytes = meter().createCounter("aspen.job_manager.output_bytes", {
+    unit: "By",
+    description: "stdout + stderr bytes of finished attempts reported by agents",
+  });
+  const report = jobs.report.bind(jobs);
+  jobs.report = (events, notHeld) => {
+    for (const e of events) {
+      if (e.event?.$case !== "finished") continue;
+      const r = e.event.value.result;
+      outputBytes.add((r?.stdout?.totalBytes ?? 0) + (r?.stderr?.totalBytes ?? 0));
+    }
+    return report(events, notHeld);
+  };
   const server = new GrpcServer({
     host: config.ASPEN_GRPC_HOST,
     port: config.ASPEN_GRPC_PORT,
@@ -50,7 +108,7 @@ await runMain(log, async () => {
     services: [jobService(jobs)],
   });
   const port = await server.start();
-  log.info({ port }, "job-manager ready");
+  log.info({ port, replica: replicaId, metricsPort: config.ASPEN_METRICS_PORT || undefined }, "job-manager ready");
   return {
     close: () =>
       closeInOrder(log, [

@@ -19,6 +19,10 @@ export const SchedulerConfigSchema = z.object({
   ASPEN_MISFIRE_GRACE_MS: env.int(5_000, 0, 86_400_000),
   /** How often queued fires (conflict QUEUE) ask the job-manager whether the previous run ended, ms. */
   ASPEN_QUEUE_POLL_MS: env.int(500, 50, 60_000),
+  /** Serve Prometheus metrics on this port at /metrics (docs/metrics.md). 0: no metrics endpoint. */
+  ASPEN_METRICS_PORT: env.port(0),
+  /** Address the metrics endpoint binds. */
+  ASPEN_METRICS_HOST: env.string("0.0.0.0"),
   ASPEN_LOG_LEVEL: env.logLevel(),
 });
 

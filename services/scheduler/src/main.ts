@@ -2,7 +2,16 @@
 import { randomBytes } from "node:crypto";
 import { hostname } from "node:os";
 import { JobServiceClient, ListJobsRequest, Schedule, SchedulerLease } from "@aspen/proto";
-import { closeInOrder, createClient, createLogger, GrpcServer, runMain, startTelemetry, unaryCall } from "@aspen/runtime";
+import {
+  closeInOrder,
+  createClient,
+  createLogger,
+  GrpcServer,
+  observeGauge,
+  runMain,
+  startTelemetry,
+  unaryCall,
+} from "@aspen/runtime";
 import { Store } from "@aspen/store";
 import { loadSchedulerConfig } from "./config.js";
 import { Lease } from "./lease.js";
@@ -16,7 +25,11 @@ await runMain(log, async () => {
   const config = loadSchedulerConfig();
   log.level = config.ASPEN_LOG_LEVEL;
   const replicaId = config.ASPEN_REPLICA_ID || `${hostname()}-${process.pid}-${randomBytes(3).toString("hex")}`;
-  const telemetry = startTelemetry("aspen-scheduler");
+  const telemetry = startTelemetry("aspen-scheduler", {
+    metricsPort: config.ASPEN_METRICS_PORT || undefined,
+    metricsHost: config.ASPEN_METRICS_HOST,
+  });
+  await telemetry.ready();
   const store = await Store.connect({
     servers: config.ASPEN_NATS_SERVERS,
     name: "aspen-scheduler",
@@ -51,6 +64,12 @@ await runMain(log, async () => {
     onLose: () => scheduler.stepDown(),
   });
   lease.start();
+  observeGauge("aspen.scheduler.schedules", { description: "schedules this replica knows (all of them, leader or not)" }, () => [
+    [scheduler.size],
+  ]);
+  observeGauge("aspen.scheduler.leading", { description: "1 while this replica holds the firing lease, else 0" }, () => [
+    [scheduler.isLeading ? 1 : 0, { replica: replicaId }],
+  ]);
   const server = new GrpcServer({
     host: config.ASPEN_GRPC_HOST,
     port: config.ASPEN_GRPC_PORT,
@@ -58,7 +77,7 @@ await runMain(log, async () => {
     services: [schedulerService(scheduler, lease)],
   });
   const port = await server.start();
-  log.info({ port, replica: replicaId }, "scheduler ready");
+  log.info({ port, replica: replicaId, metricsPort: config.ASPEN_METRICS_PORT || undefined }, "scheduler ready");
   return {
     close: () =>
       closeInOrder(log, [
