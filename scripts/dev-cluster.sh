@@ -43,16 +43,21 @@ trap stop INT TERM EXIT
 nats-server -js -sd "$dir/nats" -a 127.0.0.1 -p "$nats_port" >"$dir/logs/nats.log" 2>&1 &
 pids+=($!)
 
+# Every RPC needs a token: made once, kept in $dir/tokens (see README). Plaintext on loopback.
+agent_id=${ASPEN_WORKER_ID:-local-agent}
+node scripts/make-tokens.mjs "$dir/tokens" "$agent_id"
+export ASPEN_AUTH_TOKENS_FILE="$dir/tokens/tokens.json"
+export ASPEN_TLS=off
 export ASPEN_NATS_SERVERS="nats://127.0.0.1:$nats_port"
 export ASPEN_GRPC_HOST=127.0.0.1
 [ -n "${OTEL_EXPORTER_OTLP_ENDPOINT:-}" ] || export OTEL_SDK_DISABLED=true
 for svc in job-manager coordinator scheduler; do
-  node "services/$svc/dist/main.js" >"$dir/logs/$svc.log" 2>&1 &
+  ASPEN_TOKEN=$(cat "$dir/tokens/service.token") node "services/$svc/dist/main.js" >"$dir/logs/$svc.log" 2>&1 &
   pids+=($!)
 done
 node scripts/wait-healthy.mjs 127.0.0.1:50052 127.0.0.1:50053 127.0.0.1:50051
 
-ASPEN_WORKER_ID=${ASPEN_WORKER_ID:-local-agent} ASPEN_SLOTS=${ASPEN_AGENT_SLOTS:-4} \
+ASPEN_TOKEN=$(cat "$dir/tokens/agent-$agent_id.token") ASPEN_WORKER_ID=$agent_id ASPEN_SLOTS=${ASPEN_AGENT_SLOTS:-4} \
   ASPEN_LABELS=${ASPEN_AGENT_LABELS:-env=dev} ASPEN_CAPABILITIES=${ASPEN_AGENT_CAPABILITIES:-shell} \
   ASPEN_WORK_DIR="$dir/work" ASPEN_HEALTH_HOST=127.0.0.1 \
   node services/agent/dist/main.js >"$dir/logs/agent.log" 2>&1 &
@@ -68,7 +73,9 @@ Aspen is running (data in $dir, logs in $dir/logs):
   agent        ${ASPEN_WORKER_ID:-local-agent} (health on 127.0.0.1:50054)
   nats         127.0.0.1:$nats_port
 
-Try:  npx aspen schedule add --id hello --cron '*/2 * * * * *' -- echo hello
+Every RPC needs a token. In another terminal:
+      export ASPEN_TOKEN=\$(cat $dir/tokens/admin.token)
+      npx aspen schedule add --id hello --cron '*/2 * * * * *' -- echo hello
       npx aspen job list
 Press Ctrl-C to stop.
 TXT
