@@ -62,6 +62,14 @@ export class ResourceExhaustedError extends AspenError {
   }
 }
 
+/** The caller is known but may not do this. */
+export class PermissionDeniedError extends AspenError {
+  constructor(message: string) {
+    super(status.PERMISSION_DENIED, message);
+    this.name = "PermissionDeniedError";
+  }
+}
+
 /** A compare-and-set lost its race: the record changed since it was read. */
 export class ConflictError extends AspenError {
   constructor(message: string, options?: { cause?: unknown }) {

@@ -30,7 +30,15 @@ import { ReflectionService } from "@grpc/reflection";
 import { HealthImplementation } from "grpc-health-check";
 import { context, propagation, ROOT_CONTEXT, SpanKind, type TextMapGetter } from "@opentelemetry/api";
 import { fileDescriptorProtos } from "@aspen/proto";
-import { fromServiceError, isServiceError, toServiceError } from "./errors.js";
+import {
+  authorize,
+  clientSecurityFromEnv,
+  loadSecurityConfig,
+  type ClientSecurity,
+  type Principal,
+  type SecurityConfig,
+} from "./auth.js";
+import { fromServiceError, InvalidArgumentError, isServiceError, toServiceError } from "./errors.js";
 import type { Logger } from "./logger.js";
 import { Attr, withSpan } from "./telemetry.js";
 
@@ -70,11 +78,54 @@ const metadataGetter: TextMapGetter<Metadata> = {
   },
 };
 
+const principals = new WeakMap<object, Principal>();
+
+/** Marks a request that was not a valid protobuf message for its method. */
+const UNDECODABLE = Symbol("undecodable");
+type Undecodable = { [UNDECODABLE]: string };
+
+/**
+ * The definition with a request decoder that never throws: grpc-js answers a
+ * throwing decoder with INTERNAL, but bad bytes are the client's error, so the
+ * handler wrapper answers INVALID_ARGUMENT instead.
+ */
+function tolerantDefinition(definition: ServiceDefinition): ServiceDefinition {
+  const out: Record<string, ServiceDefinition[string]> = {};
+  for (const [key, method] of Object.entries(definition)) {
+    out[key] = {
+      ...method,
+      requestDeserialize: (bytes: Buffer) => {
+        try {
+          return method.requestDeserialize(bytes);
+        } catch (err) {
+          return { [UNDECODABLE]: (err as Error).message } satisfies Undecodable;
+        }
+      },
+    };
+  }
+  return out;
+}
+
+function checkDecoded(request: unknown): void {
+  if (request && typeof request === "object" && UNDECODABLE in request) {
+    throw new InvalidArgumentError(
+      "request",
+      `not a valid protobuf message for this method (${(request as Undecodable)[UNDECODABLE]})`,
+    );
+  }
+}
+
+/** The authenticated caller of a call (set before the handler runs). */
+export function principalOf(call: object): Principal | undefined {
+  return principals.get(call);
+}
+
 function adapt(
   serviceName: string,
   definition: ServiceDefinition,
   impl: Record<string, (...args: never[]) => unknown>,
   log: Logger,
+  security: SecurityConfig,
 ): UntypedServiceImplementation {
   const out: UntypedServiceImplementation = {};
   for (const [key, method] of Object.entries(definition)) {
@@ -98,16 +149,28 @@ function adapt(
         },
         fn,
       );
+    // Authentication and permission come first, before any handler code runs.
+    const admit = (call: { metadata: Metadata }) => {
+      principals.set(call, authorize(security.tokens, call.metadata, serviceName, methodName));
+    };
     if (!method.requestStream && !method.responseStream) {
       out[key] = ((call: ServerUnaryCall<unknown, unknown>, callback: (e: unknown, r?: unknown) => void) => {
-        traced(call.metadata, () => handler(call.request, call) as Promise<unknown>).then(
+        traced(call.metadata, async () => {
+          admit(call);
+          checkDecoded(call.request);
+          return handler(call.request, call) as Promise<unknown>;
+        }).then(
           (res) => callback(null, res),
           (err) => callback(report(err)),
         );
       }) as handleUnaryCall<unknown, unknown>;
     } else if (!method.requestStream && method.responseStream) {
       out[key] = ((call: ServerWritableStream<unknown, unknown>) => {
-        traced(call.metadata, () => handler(call.request, call) as Promise<void>).then(
+        traced(call.metadata, async () => {
+          admit(call);
+          checkDecoded(call.request);
+          return handler(call.request, call) as Promise<void>;
+        }).then(
           () => call.end(),
           // grpc-js turns an 'error' event on a server stream into the call's status.
           (err) => call.emit("error", report(err)),
@@ -116,6 +179,7 @@ function adapt(
     } else {
       out[key] = ((call: ServerDuplexStream<unknown, unknown>) => {
         try {
+          admit(call);
           handler(call);
         } catch (err) {
           call.emit("error", report(err));
@@ -145,6 +209,8 @@ export interface GrpcServerOptions {
   log: Logger;
   // eslint-disable-next-line @typescript-eslint/no-explicit-any
   services: ServiceBinding<any>[];
+  /** Authentication and TLS. Default: from the environment (auth.ts, loadSecurityConfig). */
+  security?: SecurityConfig;
 }
 
 /** A gRPC server with reflection and health. `start()` binds; `close()` drains, then forces. */
@@ -154,12 +220,20 @@ export class GrpcServer {
   private closing: Promise<void> | undefined;
   port = 0;
 
+  private readonly security: SecurityConfig;
+
   constructor(private readonly options: GrpcServerOptions) {
+    if (options.security) this.security = options.security;
+    else {
+      const loaded = loadSecurityConfig();
+      for (const warning of loaded.warnings) options.log.warn(warning);
+      this.security = loaded;
+    }
     const statuses: Record<string, "SERVING"> = { "": "SERVING" };
     for (const svc of options.services) {
       this.server.addService(
-        svc.definition,
-        adapt(svc.name, svc.definition, svc.implementation as Record<string, never>, options.log),
+        tolerantDefinition(svc.definition),
+        adapt(svc.name, svc.definition, svc.implementation as Record<string, never>, options.log, this.security),
       );
       statuses[svc.name] = "SERVING";
     }
@@ -176,7 +250,15 @@ export class GrpcServer {
 
   start(): Promise<number> {
     return new Promise((resolve, reject) => {
-      this.server.bindAsync(`${this.options.host}:${this.options.port}`, ServerCredentials.createInsecure(), (err, port) => {
+      const tls = this.security.tls;
+      const creds = tls
+        ? ServerCredentials.createSsl(
+            tls.clientCa ?? null,
+            [{ private_key: tls.key, cert_chain: tls.cert }],
+            tls.requireClientCert,
+          )
+        : ServerCredentials.createInsecure();
+      this.server.bindAsync(`${this.options.host}:${this.options.port}`, creds, (err, port) => {
         if (err) return reject(err);
         this.port = port;
         resolve(port);
@@ -191,6 +273,7 @@ export class GrpcServer {
       for (const svc of this.options.services) this.health.setStatus(svc.name, "NOT_SERVING");
       const force = setTimeout(() => this.server.forceShutdown(), graceMs);
       force.unref();
+      this.security.tokens?.close();
       this.server.tryShutdown(() => {
         clearTimeout(force);
         resolve();
@@ -216,11 +299,34 @@ const traceInterceptor: Interceptor = (options, nextCall) =>
     },
   });
 
+/** Sends `authorization: Bearer <token>` with every call. */
+const bearerInterceptor =
+  (token: string): Interceptor =>
+  (options, nextCall) =>
+    new InterceptingCall(nextCall(options), {
+      start(metadata, listener, next) {
+        metadata.set("authorization", `Bearer ${token}`);
+        next(metadata, listener);
+      },
+    });
+
 type ClientCtor<C> = new (address: string, creds: ReturnType<typeof credentials.createInsecure>, options?: object) => C;
 
-/** A client for `address` (host:port) that carries the caller's trace. */
-export function createClient<C extends Client>(Ctor: ClientCtor<C>, address: string): C {
-  return new Ctor(address, credentials.createInsecure(), { ...channelOptions, interceptors: [traceInterceptor] });
+/**
+ * A client for `address` (host:port) that carries the caller's trace and,
+ * from the environment (ASPEN_TOKEN, ASPEN_TLS_CA, ...) unless given, its
+ * bearer token and TLS trust.
+ */
+export function createClient<C extends Client>(
+  Ctor: ClientCtor<C>,
+  address: string,
+  security: ClientSecurity = clientSecurityFromEnv(),
+): C {
+  const creds = security.ca
+    ? credentials.createSsl(security.ca, security.key ?? null, security.cert ?? null)
+    : credentials.createInsecure();
+  const interceptors = security.token ? [traceInterceptor, bearerInterceptor(security.token)] : [traceInterceptor];
+  return new Ctor(address, creds, { ...channelOptions, interceptors });
 }
 
 type UnaryMethod<Req, Res> = (

@@ -6,6 +6,7 @@ export {
   FailedPreconditionError,
   InvalidArgumentError,
   NotFoundError,
+  PermissionDeniedError,
   ResourceExhaustedError,
   UnavailableError,
   UnimplementedError,
@@ -40,11 +41,27 @@ export {
   createClient,
   GrpcServer,
   MAX_MESSAGE_BYTES,
+  principalOf,
   unaryCall,
   type AsyncService,
   type GrpcServerOptions,
   type ServiceBinding,
 } from "./grpc.js";
+export {
+  authorize,
+  clientSecurityFromEnv,
+  hashToken,
+  loadSecurityConfig,
+  newToken,
+  permissionFor,
+  ROLE_PERMISSIONS,
+  TokenStore,
+  type ClientSecurity,
+  type Permission,
+  type Principal,
+  type Role,
+  type SecurityConfig,
+} from "./auth.js";
 export { closeInOrder, closeOnSignals, runMain, type Closable } from "./lifecycle.js";
 export { durationToMs, msToDuration, parseDurationMs } from "./time.js";
 export { MinHeap } from "./min-heap.js";

@@ -10,7 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { HealthCheckResponse_ServingStatus, HealthClient } from "@aspen/proto";
-import { createClient, unaryCall } from "@aspen/runtime";
+import { createClient, hashToken, newToken, unaryCall } from "@aspen/runtime";
 
 /** The repository root (this file is libs/testkit/dist/index.js). */
 export const repoRoot = fileURLToPath(new URL("../../../", import.meta.url));
@@ -146,11 +146,21 @@ export interface ServiceProcess extends AsyncDisposable {
   exited: Promise<number | null>;
 }
 
-/** Runs `services/<name>/dist/main.js` as its own Node process with the given environment. */
+/**
+ * Runs `services/<name>/dist/main.js` as its own Node process with the given
+ * environment. Authentication and TLS are off unless `env` configures them
+ * (startCluster does: tokens on).
+ */
 export function startService(name: ServiceName, env: Record<string, string>, label: string = name): ServiceProcess {
   const main = join(repoRoot, "services", name, "dist", "main.js");
   const child = spawn(process.execPath, [main], {
-    env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: process.env.HOME ?? "/tmp", ...env },
+    env: {
+      PATH: process.env.PATH ?? "/usr/bin:/bin",
+      HOME: process.env.HOME ?? "/tmp",
+      ASPEN_AUTH: "none",
+      ASPEN_TLS: "off",
+      ...env,
+    },
     stdio: ["ignore", "pipe", "pipe"],
   });
   const logs: Record<string, unknown>[] = [];
@@ -220,6 +230,47 @@ export async function waitHealthy(address: string, timeoutMs = 15_000, process?:
   }
 }
 
+export interface ClusterTokens {
+  file: string;
+  admin: string;
+  operator: string;
+  viewer: string;
+  service: string;
+  /** Agent i's token, bound to worker id `agent-<i+1>`. */
+  agents: string[];
+  /** An agent token bound to no worker id (a shared join token). */
+  join: string;
+}
+
+/** Writes a tokens file (hashes only) with one token per role into `dir`. */
+export function writeTokens(dir: string, agents: number): ClusterTokens {
+  const t = {
+    admin: newToken(),
+    operator: newToken(),
+    viewer: newToken(),
+    service: newToken(),
+    join: newToken(),
+    agents: Array.from({ length: agents }, () => newToken()),
+  };
+  const entry = (name: string, role: string, token: string, workerId?: string) => ({
+    name,
+    role,
+    sha256: hashToken(token),
+    ...(workerId ? { worker_id: workerId } : {}),
+  });
+  const file = join(dir, "tokens.json");
+  const tokens = [
+    entry("test-admin", "admin", t.admin),
+    entry("test-operator", "operator", t.operator),
+    entry("test-viewer", "viewer", t.viewer),
+    entry("test-service", "service", t.service),
+    entry("test-join", "agent", t.join),
+    ...t.agents.map((token, i) => entry(`agent-${i + 1}`, "agent", token, `agent-${i + 1}`)),
+  ];
+  writeFileSync(file, JSON.stringify({ tokens }, null, 2));
+  return { file, ...t };
+}
+
 export interface ClusterOptions {
   /** Agents to start; each gets `slots` slots. Default 1. */
   agents?: number;
@@ -241,6 +292,8 @@ export interface Cluster extends AsyncDisposable {
   jobManager: ServiceProcess;
   coordinator: ServiceProcess;
   agents: ServiceProcess[];
+  /** Bearer tokens of each role (agents: one per agent, bound to its worker id). */
+  tokens: ClusterTokens;
   addr: { scheduler: string; jobManager: string; coordinator: string };
   /** Environment each service was started with (to restart one the same way). */
   envFor(name: "scheduler" | "job-manager" | "coordinator"): Record<string, string>;
@@ -258,7 +311,12 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
   try {
     const [sp, jp, cp] = [await freePort(), await freePort(), await freePort()];
     const addr = { scheduler: `127.0.0.1:${sp}`, jobManager: `127.0.0.1:${jp}`, coordinator: `127.0.0.1:${cp}` };
+    const tokens = writeTokens(nats.storeDir, options.agents ?? 1);
+    // This process's clients (createClient reads ASPEN_TOKEN) act as an admin.
+    process.env.ASPEN_TOKEN = tokens.admin;
     const common: Record<string, string> = {
+      ASPEN_AUTH_TOKENS_FILE: tokens.file,
+      ASPEN_TOKEN: tokens.service,
       ASPEN_NATS_SERVERS: nats.url,
       ASPEN_GRPC_HOST: "127.0.0.1",
       ASPEN_JOB_MANAGER_ADDR: addr.jobManager,
@@ -292,6 +350,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
         {
           ...common,
           ASPEN_WORKER_ID: `agent-${i + 1}`,
+          ASPEN_TOKEN: tokens.agents[i] ?? "",
           ASPEN_SLOTS: String(options.slots ?? 4),
           ASPEN_HEALTH_HOST: "127.0.0.1",
           ASPEN_HEALTH_PORT: String(healthPort),
@@ -310,6 +369,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
       20_000,
     );
     const cluster: Cluster = {
+      tokens,
       nats,
       scheduler,
       jobManager,

@@ -30,6 +30,8 @@ import {
   InvalidArgumentError,
   msToDuration,
   NotFoundError,
+  PermissionDeniedError,
+  principalOf,
   ResourceExhaustedError,
   Spans,
   toServiceError,
@@ -37,6 +39,7 @@ import {
   UnavailableError,
   withSpan,
   type Logger,
+  type Principal,
 } from "@aspen/runtime";
 import { GROUP_NAME, JOB_ID, validateJobSpec, WORKER_ID } from "@aspen/model";
 import type { Bucket } from "@aspen/store";
@@ -48,8 +51,11 @@ export type AgentStream = ServerDuplexStream<AgentMessage, CoordinatorMessage>;
 export interface CoordinatorOptions {
   workers: Bucket<Worker>;
   groups: Bucket<WorkerGroup>;
-  /** Delivers attempt events to the job-manager; resolves to one refusal ("" = applied) per event. */
-  report: (events: AttemptEvent[]) => Promise<string[]>;
+  /**
+   * Delivers attempt events to the job-manager (`notHeld`: positions of reports from a
+   * worker that does not hold that attempt); resolves to one refusal ("" = applied) per event.
+   */
+  report: (events: AttemptEvent[], notHeld: number[]) => Promise<string[]>;
   log: Logger;
   /** Agents heartbeat this often, ms. */
   heartbeatIntervalMs: number;
@@ -68,6 +74,8 @@ export interface CoordinatorOptions {
 
 interface Session {
   worker: Worker;
+  /** Name of the token that registered this worker id: only it may register it again. */
+  owner: string;
   stream: AgentStream | undefined;
   /** Attempts sent to this worker and not yet finished: "<job id>#<attempt>". */
   running: Set<string>;
@@ -115,6 +123,7 @@ export class Coordinator {
       if (value.health === WorkerHealth.WORKER_HEALTH_DEAD) continue;
       this.sessions.set(value.id, {
         worker: value,
+        owner: "",
         stream: undefined,
         running: new Set(value.running),
         lastSeenMs: now,
@@ -141,7 +150,7 @@ export class Coordinator {
         const msg = message.msg;
         if (!session) {
           if (msg?.$case !== "register") throw new InvalidArgumentError("msg", "the first message must be register");
-          session = this.register(msg.value, stream);
+          session = this.register(msg.value, stream, principalOf(stream));
           return;
         }
         session.lastSeenMs = this.clock();
@@ -172,11 +181,22 @@ export class Coordinator {
     stream.on("cancelled", closed);
   }
 
-  private register(reg: RegisterWorker, stream: AgentStream): Session {
+  private register(reg: RegisterWorker, stream: AgentStream, principal: Principal | undefined): Session {
     if (!WORKER_ID.test(reg.workerId)) throw new InvalidArgumentError("register.worker_id", `must match ${WORKER_ID}`);
     if (reg.slots < 1 || reg.slots > 4096) throw new InvalidArgumentError("register.slots", "must be 1..4096");
     const now = this.clock();
     let session = this.sessions.get(reg.workerId);
+    // Identity: a token bound to a worker id registers only as that id; a worker id
+    // registered by one token is taken over (reconnect, restart) only by the same token.
+    const owner = principal?.name ?? "anonymous";
+    if (principal?.workerId && principal.workerId !== reg.workerId) {
+      throw new PermissionDeniedError(
+        `token ${principal.name} may register only as worker ${principal.workerId}, not ${reg.workerId}`,
+      );
+    }
+    if (session && session.owner && session.owner !== owner) {
+      throw new PermissionDeniedError(`worker id ${reg.workerId} is bound to another token (${session.owner})`);
+    }
     if (!session && this.sessions.size >= this.options.maxWorkers) {
       throw new ResourceExhaustedError(`worker limit reached (${this.options.maxWorkers} workers)`);
     }
@@ -211,12 +231,13 @@ export class Coordinator {
           this.reportLost(reg.workerId, key, "agent restarted; attempt not running there");
       }
       session.worker = worker;
+      session.owner = owner;
       session.stream = stream;
       session.running = adopted;
       session.lastSeenMs = now;
       session.disconnectedAtMs = undefined;
     } else {
-      session = { worker, stream, running: adopted, lastSeenMs: now, disconnectedAtMs: undefined };
+      session = { worker, owner, stream, running: adopted, lastSeenMs: now, disconnectedAtMs: undefined };
       this.sessions.set(reg.workerId, session);
     }
     // A second connection with the same id takes over; the older stream is closed.
@@ -244,7 +265,8 @@ export class Coordinator {
     if (!JOB_ID.test(event.jobId)) throw new InvalidArgumentError("event.job_id", `must match ${JOB_ID}`);
     const key = attemptKey(event.jobId, event.attempt);
     const finished = event.event?.$case === "finished";
-    if (!session.running.has(key)) {
+    const held = session.running.has(key);
+    if (!held) {
       // Not an attempt this worker holds (fenced, or never sent to it): the job-manager
       // refuses and records it; it is never counted as running here.
       this.log.warn(
@@ -254,8 +276,9 @@ export class Coordinator {
     } else if (finished) {
       session.running.delete(key);
     }
-    // The worker id is the session's, never the message's.
-    this.relay.push({ ...event, workerId: session.worker.id });
+    // The worker id is the session's, never the message's; a report on an attempt this
+    // worker does not hold goes on marked, so the job-manager refuses and records it.
+    this.relay.push({ ...event, workerId: session.worker.id }, !held);
   }
 
   // ---- placement ----------------------------------------------------------

@@ -11,17 +11,18 @@ const MAX_BATCH = 1000;
 const MAX_BACKOFF_MS = 5_000;
 
 export class EventRelay {
-  private pending: AttemptEvent[] = [];
+  private pending: Array<{ event: AttemptEvent; notHeld: boolean }> = [];
   private sending: Promise<void> | undefined;
   private closed = false;
 
   constructor(
-    private readonly report: (events: AttemptEvent[]) => Promise<string[]>,
+    private readonly report: (events: AttemptEvent[], notHeld: number[]) => Promise<string[]>,
     private readonly log: Logger,
   ) {}
 
-  push(event: AttemptEvent): void {
-    this.pending.push(event);
+  /** Queues an event; `notHeld` marks a report from a worker that does not hold the attempt. */
+  push(event: AttemptEvent, notHeld = false): void {
+    this.pending.push({ event, notHeld });
     this.sending ??= this.drain().finally(() => (this.sending = undefined));
   }
 
@@ -30,11 +31,15 @@ export class EventRelay {
     while (this.pending.length > 0) {
       const batch = this.pending.slice(0, MAX_BATCH);
       try {
-        const refusals = await this.report(batch);
+        const notHeld = batch.flatMap((e, i) => (e.notHeld ? [i] : []));
+        const refusals = await this.report(
+          batch.map((e) => e.event),
+          notHeld,
+        );
         this.pending.splice(0, batch.length);
         backoffMs = 100;
         refusals.forEach((reason, i) => {
-          if (reason) this.log.warn({ event: batch[i], reason }, "job-manager refused attempt event");
+          if (reason) this.log.warn({ event: batch[i]?.event, reason }, "job-manager refused attempt event");
         });
       } catch (err) {
         if (this.closed) return;

@@ -36,6 +36,7 @@ import {
   InvalidArgumentError,
   msToDuration,
   NotFoundError,
+  PermissionDeniedError,
   ResourceExhaustedError,
   Spans,
   traceparentOf,
@@ -459,7 +460,7 @@ export class JobManager {
    * Applies attempt events reported by the coordinator. An event for an
    * attempt other than the job's current one is fenced: refused, never applied.
    */
-  async report(events: AttemptEvent[]): Promise<string[]> {
+  async report(events: AttemptEvent[], notHeld: ReadonlySet<number> = new Set()): Promise<string[]> {
     const refusals: string[] = events.map(() => "");
     // Events of one job (a short job's "started" and "finished" often arrive together)
     // are applied in order in a single compare-and-set.
@@ -471,7 +472,17 @@ export class JobManager {
     });
     await Promise.all(
       [...byJob].map(async ([jobId, indexes]) => {
-        const steps = await Promise.all(indexes.map((i) => this.prepareEvent(events[i]!).catch((err: unknown) => err as Error)));
+        const steps = await Promise.all(
+          indexes.map((i) =>
+            notHeld.has(i)
+              ? Promise.resolve(
+                  new PermissionDeniedError(
+                    `worker ${events[i]!.workerId} does not hold attempt ${events[i]!.attempt} (fenced, or never assigned to it)`,
+                  ),
+                )
+              : this.prepareEvent(events[i]!).catch((err: unknown) => err as Error),
+          ),
+        );
         let freed = false;
         try {
           const job = await this.write(jobId, (current) => {
@@ -479,11 +490,8 @@ export class JobManager {
             freed = false;
             indexes.forEach((i, k) => {
               const step = steps[k]!;
-              if (step instanceof Error) {
-                refusals[i] = step.message;
-                return;
-              }
               try {
+                if (step instanceof Error) throw step;
                 job = step.change(job) ?? job;
                 refusals[i] = "";
                 freed ||= step.freesSlot;

@@ -11,7 +11,7 @@ export function jobService(jobs: JobManager): ServiceBinding<JobServiceServer> {
     getJob: (req) => jobs.get(req.jobId),
     listJobs: async (req) => jobs.list(req),
     cancelJob: (req) => jobs.cancel(req.jobId, req.reason),
-    reportAttempts: async (req) => ({ refusals: await jobs.report(req.events) }),
+    reportAttempts: async (req) => ({ refusals: await jobs.report(req.events, new Set(req.notHeld)) }),
     getJobResult: async (req, call) => {
       const abort = new AbortController();
       call.on("cancelled", () => abort.abort());
