@@ -56,10 +56,10 @@ await runMain(log, async () => {
     description: "time to choose a worker and hand it the attempt (failed placements included)",
   });
   const place = coordinator.place.bind(coordinator);
-  coordinator.place = async (request) => {
+  coordinator.place = async (...args: Parameters<typeof place>) => {
     const t0 = performance.now();
     try {
-      return await place(request);
+      return await place(...args);
     } finally {
       placeTime.record(performance.now() - t0);
     }

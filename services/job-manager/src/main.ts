@@ -93,13 +93,14 @@ await runMain(log, async () => {
     description: "stdout + stderr bytes of finished attempts reported by agents",
   });
   const report = jobs.report.bind(jobs);
-  jobs.report = (events, notHeld) => {
-    for (const e of events) {
+  // Every argument forwarded as it is (the events and whatever follows them); only the events are read.
+  jobs.report = (...args: Parameters<typeof report>) => {
+    for (const e of args[0]) {
       if (e.event?.$case !== "finished") continue;
       const r = e.event.value.result;
       outputBytes.add((r?.stdout?.totalBytes ?? 0) + (r?.stderr?.totalBytes ?? 0));
     }
-    return report(events, notHeld);
+    return report(...args);
   };
   const server = new GrpcServer({
     host: config.ASPEN_GRPC_HOST,
