@@ -96,6 +96,8 @@ interface Armed {
 
 type FireMode = "schedule" | "catch-up" | "queued" | "trigger" | "backfill" | "recover";
 
+/** Wait before retrying a fire whose state could not be written (NATS unavailable), ms. */
+const FIRE_RETRY_MS = 1_000;
 const DEFAULT_PAGE = 100;
 const MAX_PAGE = 1000;
 const MAX_PREVIEW = 1000;
@@ -506,12 +508,30 @@ export class Scheduler {
     if (!armed || armed.record.value.paused || !this.leading) return;
     const status = statusOf(armed.record.value);
     if (status.nextFireAt?.getTime() !== dueMs) return; // re-armed or moved meanwhile
-    if (dueMs < this.clock() - this.graceMs) {
-      await this.catchUp(id, dueMs - 1);
+    try {
+      if (dueMs < this.clock() - this.graceMs) {
+        await this.catchUp(id, dueMs - 1);
+        return;
+      }
+      await this.fire(id, dueMs, "schedule");
+    } catch (err) {
+      if (err instanceof NotFoundError) return;
+      // NATS unreachable or electing a leader: the instant is not advanced, so it is
+      // retried (and, once older than the grace, handled by the catch-up policy).
+      this.log.warn(
+        { schedule: id, nominal: new Date(dueMs).toISOString(), err: (err as Error).message },
+        "fire failed; retrying",
+      );
+      this.retryDue(id, dueMs);
       return;
     }
-    await this.fire(id, dueMs, "schedule");
     this.armNext(id);
+  }
+
+  private retryDue(id: string, dueMs: number): void {
+    if (this.closed) return;
+    const timer = setTimeout(() => void this.chain(id, () => this.runDue(id, dueMs)), FIRE_RETRY_MS);
+    timer.unref();
   }
 
   private armNext(id: string): void {
