@@ -30,6 +30,8 @@
  *   BENCH_CEILING_BEFORE=1    0 skips the ceiling run before the cluster starts
  *   BENCH_TIMEOUT_MS          give up waiting for the jobs after this long (default max(120 s, N × 40 ms))
  *   BENCH_SHOW_LOGS=1         also print every warn/error line the services logged
+ *   BENCH_NATS=single         "cluster": a 3-node nats-server cluster on loopback with every
+ *                             bucket at 3 replicas (ASPEN_BUCKET_REPLICAS=3) instead of one node
  */
 import { execFileSync, spawn } from "node:child_process";
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
@@ -45,7 +47,7 @@ import {
   WorkerHealth,
 } from "@aspen/proto";
 import { createClient, unaryCall } from "@aspen/runtime";
-import { freePort, sleep, startNats, startService, waitFor, waitHealthy } from "@aspen/testkit";
+import { freePort, sleep, startNats, startNatsCluster, startService, waitFor, waitHealthy } from "@aspen/testkit";
 
 // ---------------------------------------------------------------------------
 // Parameters
@@ -66,6 +68,9 @@ const WARMUP = intEnv("BENCH_WARMUP", 64, 0);
 const CEILING_BEFORE = process.env.BENCH_CEILING_BEFORE !== "0";
 const TIMEOUT_MS = intEnv("BENCH_TIMEOUT_MS", Math.max(120_000, JOBS * 40), 1000);
 const SHOW_LOGS = process.env.BENCH_SHOW_LOGS === "1";
+const NATS_MODE = process.env.BENCH_NATS || "single";
+if (NATS_MODE !== "single" && NATS_MODE !== "cluster")
+  throw new Error(`BENCH_NATS must be "single" or "cluster", got ${JSON.stringify(NATS_MODE)}`);
 const AGENTS = 2;
 const SLOTS = 16;
 const COMMAND = "/bin/true";
@@ -338,8 +343,22 @@ async function measureCeiling(label) {
 
 async function startCluster(workDir) {
   checkNotAborted();
-  const nats = await startNats();
-  cleanups.push(() => nats[Symbol.asyncDispose]());
+  // One node, or three with R3 buckets; either way: url (for ASPEN_NATS_SERVERS), pids, stop.
+  let nats;
+  if (NATS_MODE === "cluster") {
+    const c = await startNatsCluster({ size: 3 });
+    cleanups.push(() => c[Symbol.asyncDispose]());
+    nats = {
+      url: c.urls.join(","),
+      replicas: "3",
+      pids: () => Object.fromEntries(c.nodes.map((n) => [`nats-server ${n.name}`, n.pid()])),
+      stop: () => Promise.all(c.nodes.map((n) => n.stop())),
+    };
+  } else {
+    const n = await startNats();
+    cleanups.push(() => n[Symbol.asyncDispose]());
+    nats = { url: n.url, replicas: "1", pids: () => ({ "nats-server": natsPid(n.storeDir) }), stop: () => n.stop() };
+  }
   checkNotAborted();
   const [jmPort, coordPort, ...healthPorts] = await Promise.all([
     freePort(),
@@ -348,7 +367,7 @@ async function startCluster(workDir) {
   ]);
   const jmAddr = `127.0.0.1:${jmPort}`;
   const coordAddr = `127.0.0.1:${coordPort}`;
-  const common = { OTEL_SDK_DISABLED: "true", ASPEN_LOG_LEVEL: "warn" };
+  const common = { OTEL_SDK_DISABLED: "true", ASPEN_LOG_LEVEL: "warn", ASPEN_BUCKET_REPLICAS: nats.replicas };
   const services = [];
   const stopService = async (svc) => {
     try {
@@ -571,7 +590,9 @@ async function main() {
 
   const ceilingBefore = CEILING_BEFORE ? await measureCeiling("before the cluster") : undefined;
 
-  log("starting nats-server, job-manager, coordinator and 2 agents");
+  log(
+    `starting ${NATS_MODE === "cluster" ? "3 nats-servers (R3 buckets)" : "nats-server"}, job-manager, coordinator and 2 agents`,
+  );
   const clusterStart = performance.now();
   const cluster = await startCluster(workDir);
   activeCluster = cluster;
@@ -589,7 +610,7 @@ async function main() {
     "job-manager": cluster.jobManager.pid,
     coordinator: cluster.coordinator.pid,
     ...Object.fromEntries(cluster.agents.map((a) => [a.name, a.pid])),
-    "nats-server": natsPid(cluster.nats.storeDir),
+    ...cluster.nats.pids(),
   };
   const cpuBefore = Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, pid ? cpuSeconds(pid) : undefined]));
   const benchCpuBefore = process.cpuUsage();
@@ -704,6 +725,7 @@ async function main() {
     "=== Aspen end-to-end benchmark ===",
     `machine:        ${machine}`,
     `versions:       ${versions}`,
+    `nats:           ${NATS_MODE === "cluster" ? "3-node cluster on loopback, buckets at 3 replicas (BENCH_NATS=cluster)" : "one node, buckets at 1 replica"}`,
     `run:            ${JOBS} × ${COMMAND} via JobService.SubmitJob (${IN_FLIGHT} in flight), ${AGENTS} agents × ${SLOTS} slots` +
       (WARMUP ? `, after ${WARMUP} warm-up jobs (not counted)` : ""),
     "",
