@@ -9,7 +9,7 @@ import { readdirSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { JobServiceClient, JobState, SubmitJobRequest, type Job } from "@aspen/proto";
+import { JobServiceClient, type JobSpec, JobState, SubmitJobRequest, type Job } from "@aspen/proto";
 import { createClient, unaryCall } from "@aspen/runtime";
 import { processGroupMembers, startCluster, waitFor, type Cluster } from "@aspen/testkit";
 
@@ -78,8 +78,8 @@ describe("agent policy", () => {
       );
       throw new Error(`${String(err)}; job ${JSON.stringify(j.history.map((h) => [h.to, h.reason]))}\n${logs.join("\n")}`);
     });
-  const refused = async (jobId: string, exec: Parameters<typeof SubmitJobRequest.fromPartial>[0]) => {
-    await submit({ jobId, spec: exec as never });
+  const refused = async (jobId: string, spec: Parameters<typeof JobSpec.fromPartial>[0]) => {
+    await submit({ jobId, spec });
     const job: Job = await finished(jobId);
     expect(job.state).toBe(S.JOB_STATE_FAILED);
     expect(job.history.map((h) => h.to)).not.toContain(S.JOB_STATE_RUNNING); // it never started

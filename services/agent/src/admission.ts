@@ -186,6 +186,7 @@ export function admit(spec: JobSpec, compiled: CompiledPolicy): Plan {
 
   let program: string;
   let args: string[];
+  let rateKey = "/bin/sh";
   if (exec.shell) {
     if (!policy.commands.shell) throw new Refusal("shell scripts are forbidden by this agent's config (commands.shell = false)");
     program = "/bin/sh";
@@ -210,6 +211,7 @@ export function admit(spec: JobSpec, compiled: CompiledPolicy): Plan {
     }
     program = found;
     args = exec.args;
+    rateKey = real;
   }
 
   // Working directory: relative to the root, then realpath, which resolves `..` and every symlink.
@@ -249,7 +251,7 @@ export function admit(spec: JobSpec, compiled: CompiledPolicy): Plan {
     limits: effectiveLimits(policy.limits, spec.limits),
     runAs: compiled.runAs,
     sandbox,
-    rateKey: exec.shell ? "/bin/sh" : realpathSync(program),
+    rateKey,
   };
 }
 

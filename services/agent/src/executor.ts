@@ -44,6 +44,8 @@ export const STORED_INLINE_BYTES = 128 * 1024 - 256;
 /** Clock ticks per second in /proc/<pid>/stat (USER_HZ; 100 on Linux). */
 const CLK_TCK = 100;
 const STDERR_TAIL_BYTES = 4096;
+/** SHA-256 of nothing: most streams of most jobs are empty, and a hash object costs per run. */
+const EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
 /** Keeps the first and last `limit / 2` bytes of a stream, its size and SHA-256; memory stays bounded. */
 export class BoundedCapture {
@@ -53,7 +55,7 @@ export class BoundedCapture {
   private tailBytes = 0;
   private total = 0;
   private digestHex: string | undefined;
-  private readonly hash: Hash = createHash("sha256");
+  private hashState: Hash | undefined;
   private readonly headLimit: number;
   private readonly tailLimit: number;
 
@@ -68,7 +70,7 @@ export class BoundedCapture {
 
   push(chunk: Buffer): void {
     this.total += chunk.length;
-    this.hash.update(chunk);
+    (this.hashState ??= createHash("sha256")).update(chunk);
     let rest = chunk;
     if (this.headBytes < this.headLimit) {
       const take = rest.subarray(0, this.headLimit - this.headBytes);
@@ -106,7 +108,7 @@ export class BoundedCapture {
       }
     }
     const truncated = head.length + tail.length < this.total;
-    this.digestHex ??= this.hash.digest("hex");
+    this.digestHex ??= this.hashState ? this.hashState.digest("hex") : EMPTY_SHA256;
     return { text, totalBytes: this.total, truncated, objectName: "", sha256: this.digestHex };
   }
 }

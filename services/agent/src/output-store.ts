@@ -29,12 +29,13 @@ export function liveChunkId(objectName: string): string {
 
 export interface OutputStoreOptions {
   bucket?: string;
-  /** Bytes per chunk message (the object store's default). */
+  /** Bytes per chunk message. Default 512 KiB (at most the server's max_payload). */
   chunkBytes?: number;
   /** Publish a partial chunk after this long without more output, ms. */
   flushMs?: number;
-  /** Waiting bytes above which the producer is paused. */
+  /** Bytes waiting or in flight above which the producer is paused (resumed at half). Default 8 MiB. */
   highWaterBytes?: number;
+  /** Chunk publishes awaiting their ack at once. Default 8. */
   maxInFlight?: number;
 }
 
@@ -52,9 +53,10 @@ export class OutputStore {
   static async open(nc: NatsConnection, options: OutputStoreOptions = {}): Promise<OutputStore> {
     const o: Required<OutputStoreOptions> = {
       bucket: options.bucket ?? OUTPUTS_BUCKET,
-      chunkBytes: options.chunkBytes ?? 128 * 1024,
+      // 512 KiB chunks, 8 in flight: 180 MiB/s here against 116 MiB/s with the library's 128 KiB (docs/agent.md).
+      chunkBytes: Math.min(options.chunkBytes ?? 512 * 1024, nc.info?.max_payload ?? Infinity),
       flushMs: options.flushMs ?? 200,
-      highWaterBytes: options.highWaterBytes ?? 1024 * 1024,
+      highWaterBytes: options.highWaterBytes ?? 8 * 1024 * 1024,
       maxInFlight: options.maxInFlight ?? 8,
     };
     await new Objm(nc).create(o.bucket);
@@ -73,13 +75,13 @@ export interface StoredObject {
 }
 
 export class ObjectWriter extends EventEmitter {
-  private readonly chunkSubject: string;
+  private chunkSubjectName: string | undefined;
   private readonly stream: string;
   private readonly waiting: Buffer[] = [];
   private waitingBytes = 0;
   private inFlight: Array<Promise<PubAck>> = [];
   private inFlightBytes = 0;
-  private readonly hash: Hash = createHash("sha256");
+  private hashState: Hash | undefined;
   private size = 0;
   private chunks = 0;
   private started: Promise<void> | undefined;
@@ -96,8 +98,16 @@ export class ObjectWriter extends EventEmitter {
     private readonly o: Required<OutputStoreOptions>,
   ) {
     super();
-    this.chunkSubject = `$O.${o.bucket}.C.${liveChunkId(name)}`;
     this.stream = `OBJ_${o.bucket}`;
+  }
+
+  // Made on first use: most jobs write nothing to one stream or both.
+  private get chunkSubject(): string {
+    return (this.chunkSubjectName ??= `$O.${this.o.bucket}.C.${liveChunkId(this.name)}`);
+  }
+
+  private get hash(): Hash {
+    return (this.hashState ??= createHash("sha256"));
   }
 
   /** True while the producer is asked to wait. */
@@ -170,6 +180,7 @@ export class ObjectWriter extends EventEmitter {
       this.inFlightBytes += payload.length;
       const ack = this.js.publish(this.chunkSubject, payload).finally(() => {
         this.inFlightBytes -= payload.length;
+        this.maybeResume();
       });
       ack.catch(() => undefined);
       this.inFlight.push(ack);
