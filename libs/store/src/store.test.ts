@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Schedule } from "@aspen/proto";
 import { AlreadyExistsError, ConflictError, createLogger } from "@aspen/runtime";
 import { startNats, type NatsServer } from "@aspen/testkit";
-import { Store } from "./store.js";
+import { ReplicaMismatchError, Store } from "./store.js";
 
 describe("store over JetStream", () => {
   let nats: NatsServer;
@@ -70,5 +70,20 @@ describe("store over JetStream", () => {
     expect(info).toEqual({ size: data.length, sha256: createHash("sha256").update(data).digest("hex") });
     expect(Buffer.from((await objects.get("job-1/1/stdout")) ?? []).equals(data)).toBe(true);
     expect(await objects.get("absent")).toBeUndefined();
+  });
+
+  it("refuses an existing bucket or object store whose replica count is not the configured one", async () => {
+    await store.bucket("t_replicas", Schedule);
+    await store.objects("t_replicas_obj");
+    const r3 = await Store.connect({ servers: [nats.url], name: "store-test-r3", replicas: 3, log });
+    try {
+      const kv = await r3.bucket("t_replicas", Schedule).catch((err: unknown) => err);
+      expect(kv).toBeInstanceOf(ReplicaMismatchError);
+      expect(kv).toMatchObject({ bucket: "t_replicas", configured: 3, actual: 1 });
+      expect((kv as Error).message).toContain('bucket "t_replicas" has 1 replica but ASPEN_BUCKET_REPLICAS is 3');
+      await expect(r3.objects("t_replicas_obj")).rejects.toMatchObject({ name: "ReplicaMismatchError", actual: 1 });
+    } finally {
+      await r3.close();
+    }
   });
 });
