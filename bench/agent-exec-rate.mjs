@@ -12,7 +12,7 @@
  *    `child_process.spawn` + wait for 'close', both in this one Node process at
  *    the same concurrency (BENCH_CONCURRENCY, default 16). The two alternate in
  *    rounds (BENCH_ROUNDS × BENCH_RUNS each) so load from elsewhere hits both;
- *    the ratio is agent / spawn (target ≥ 0.8). The coordinator round trip is
+ *    the ratio is agent / spawn of the medians (target ≥ 0.8). The coordinator round trip is
  *    not in it (see bench/end-to-end.mjs for the whole path).
  * 2. Output throughput to the object store: a job writing BENCH_OUTPUT_MIB
  *    (default 512) MiB of stdout through the executor into `aspen_outputs` on
@@ -42,7 +42,7 @@ const { PolicySchema } = await import(agentDist("policy.js"));
 const int = (name, def) => Number(process.env[name] ?? def);
 const CONCURRENCY = int("BENCH_CONCURRENCY", 16);
 const RUNS = int("BENCH_RUNS", 1000);
-const ROUNDS = int("BENCH_ROUNDS", 3);
+const ROUNDS = int("BENCH_ROUNDS", 5);
 const OUTPUT_MIB = int("BENCH_OUTPUT_MIB", 512);
 
 const work = mkdtempSync(join(tmpdir(), "aspen-bench-agent-"));
@@ -158,8 +158,8 @@ try {
   console.log();
   await idle("(node defaults)", "");
   await idle(
-    "(NODE_OPTIONS=--max-semi-space-size=1 --max-old-space-size=96, as in deploy/Dockerfile.agent)",
-    "--max-semi-space-size=1 --max-old-space-size=96",
+    "(NODE_OPTIONS=--max-semi-space-size=1 --max-old-space-size=96 --v8-pool-size=1, as in deploy/Dockerfile.agent)",
+    "--max-semi-space-size=1 --max-old-space-size=96 --v8-pool-size=1",
   );
 } finally {
   await cleanup();

@@ -1,5 +1,5 @@
 /** Admission under the agent's policy: refusals with their reasons, and what a job is allowed to see. */
-import { mkdirSync, mkdtempSync, rmSync, symlinkSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
@@ -131,6 +131,13 @@ describe("policy file", () => {
     expect(() => parsePolicy('{"comands": {}}', "agent.json")).toThrow(/agent.json: \(root\): Unrecognized key.*comands/);
     expect(() => parsePolicy('{"limits": {"cpuSeconds": -1}}', "agent.json")).toThrow(/limits.cpuSeconds/);
     expect(() => parsePolicy("{nope", "agent.json")).toThrow(/not valid JSON/);
+  });
+
+  it("accepts the example config shipped in deploy/", () => {
+    const file = new URL("../../../deploy/agent.example.json", import.meta.url);
+    const p = parsePolicy(readFileSync(file, "utf8"), "deploy/agent.example.json");
+    expect(p.commands.shell).toBe(false);
+    expect(p.runAs?.user).toBe("aspen-job");
   });
 
   it("takes the file, with set environment variables winning", () => {

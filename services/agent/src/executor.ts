@@ -308,7 +308,6 @@ export function execute(spec: JobSpec, plan: Plan, options: ExecutorOptions): Ex
       if (child.pid === undefined) void finish();
     });
     child.once("exit", (code, signal) => {
-      sample();
       exited = true;
       exit = { code, signal };
       // Reap what the main process left behind in its group, then give the pipes a moment to close.

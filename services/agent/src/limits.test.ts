@@ -1,11 +1,12 @@
 /** Resource limits and the sandbox with real processes: each limit ends a job with a reason a person can read. */
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { createServer, type AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { JobSpec } from "@aspen/proto";
+import { processGroupAlive } from "@aspen/testkit";
 import { admit, compilePolicy } from "./admission.js";
 import { execute } from "./executor.js";
 import { explainLimit } from "./limits.js";
@@ -139,6 +140,18 @@ describe.skipIf(!hasBwrap)("sandbox (bubblewrap)", () => {
     }
   });
 
+  it("still kills the whole job on timeout: nothing of a sandboxed process tree is left", async () => {
+    const marker = `sleep 9${Date.now() % 100000}`;
+    const r = await run(sandbox, {
+      exec: { command: `${marker} & ${marker}`, shell: true },
+      timeout: { seconds: 1, nanos: 0 },
+      killGrace: { seconds: 0, nanos: 300e6 },
+    });
+    expect(r.timedOut).toBe(true);
+    expect(await processGroupAlive(r.pid)).toBe(false);
+    expect(processesRunning(marker)).toEqual([]);
+  });
+
   it("makes the root read-only and /tmp private", async () => {
     const marker = join(root, "written-from-sandbox");
     const r = await run(sandbox, sh(`echo x > ${marker}; echo x > /tmp/inside && cat /tmp/inside`));
@@ -152,4 +165,22 @@ describe.skipIf(!hasBwrap)("sandbox (bubblewrap)", () => {
 
 function durationMs(d: { seconds: number; nanos: number } | undefined): number {
   return d ? d.seconds * 1000 + d.nanos / 1e6 : 0;
+}
+
+/** Live processes whose command line contains `needle`. */
+function processesRunning(needle: string): number[] {
+  return readdirSync("/proc")
+    .filter((e) => /^\d+$/.test(e))
+    .filter((e) => {
+      try {
+        const stat = readFileSync(`/proc/${e}/stat`, "utf8");
+        return (
+          readFileSync(`/proc/${e}/cmdline`, "utf8").replace(/\0/g, " ").includes(needle) &&
+          stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z"
+        );
+      } catch {
+        return false;
+      }
+    })
+    .map(Number);
 }

@@ -124,7 +124,11 @@ export class ObjectWriter extends EventEmitter {
   write(data: Buffer): boolean {
     if (this.failure) return true;
     // A previous run of this very attempt (agent crash) may have left chunks under the same id.
-    this.started ??= this.jsm.streams.purge(this.stream, { filter: this.chunkSubject }).then(() => undefined);
+    if (!this.started) {
+      this.started = this.jsm.streams.purge(this.stream, { filter: this.chunkSubject }).then(() => undefined);
+      // Awaited by the pump later; until then a failure must not count as an unhandled rejection.
+      this.started.catch(() => undefined);
+    }
     this.waiting.push(data);
     this.waitingBytes += data.length;
     this.schedule();
