@@ -159,4 +159,21 @@ describe("agent output", () => {
     );
     expect(createHash("sha256").update(cli.stdout).digest("hex")).toBe(digest);
   }, 60_000);
+
+  it("`aspen job logs -f` follows a running job to its end", async () => {
+    await submit({
+      jobId: "cli-follow",
+      spec: { exec: { command: 'for i in $(seq 1 20); do echo "tick $i"; sleep 0.1; done; echo oops >&2', shell: true } },
+    });
+    await waitFor("cli-follow to run", async () => (await get("cli-follow")).state === JobState.JOB_STATE_RUNNING);
+    const cli = await promisify(execFile)(
+      process.execPath,
+      [join(repoRoot, "cli", "dist", "main.js"), "--job-manager", cluster.addr.jobManager, "job", "logs", "-f", "cli-follow"],
+      { encoding: "utf8" },
+    );
+    const job = await finished("cli-follow");
+    expect(cli.stdout).toBe(Array.from({ length: 20 }, (_, i) => `tick ${i + 1}\n`).join(""));
+    expect(cli.stderr).toBe("oops\n");
+    expect(job.result?.stdout?.totalBytes).toBe(Buffer.byteLength(cli.stdout));
+  }, 60_000);
 });

@@ -1,6 +1,6 @@
 /** Resource limits and the sandbox with real processes: each limit ends a job with a reason a person can read. */
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer, type AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -47,6 +47,24 @@ describe("resource limits", () => {
     expect(r.details?.limitExceeded).toBe("cpu");
     // CPU time is sampled from /proc while it runs: most of the second is seen.
     expect(durationMs(r.cpuTime)).toBeGreaterThan(500);
+  });
+
+  it("cannot be dodged by a job that puts its own prlimit first on its PATH", async () => {
+    const fake = join(root, "fake-bin");
+    mkdirSync(fake);
+    // A "prlimit" that drops every option and runs the command unlimited.
+    writeFileSync(join(fake, "prlimit"), '#!/bin/sh\nwhile [ "$1" != "--" ]; do shift; done; shift; exec "$@"\n', {
+      mode: 0o755,
+    });
+    const r = await run(
+      { limits: { cpuSeconds: 1 } },
+      {
+        exec: { command: "while :; do :; done", shell: true, env: { PATH: `${fake}:/usr/bin:/bin` } },
+        timeout: { seconds: 5, nanos: 0 },
+      },
+    );
+    expect(r.timedOut).toBe(false);
+    expect(r.signal).toBe("SIGXCPU");
   });
 
   it("memory: an allocation past the address-space limit fails the job with the reason", async () => {

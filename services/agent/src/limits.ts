@@ -5,7 +5,26 @@
  * turns what the kernel did (SIGXCPU, SIGXFSZ, ENOMEM, EMFILE, EAGAIN on
  * fork) into a reason a person can read.
  */
+import { isAbsolute } from "node:path";
+import { which } from "./admission.js";
 import type { Limits } from "./policy.js";
+
+const tools = new Map<string, string>();
+
+/**
+ * A wrapper program's absolute path, looked up once on the agent's own PATH.
+ * Never left to the spawn: that would search the job's PATH, which the job
+ * sets, and a job could then put its own `prlimit` in front of the real one.
+ */
+export function toolPath(name: string): string {
+  if (isAbsolute(name)) return name;
+  let found = tools.get(name);
+  if (!found) {
+    found = which(name, process.env.PATH ?? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin") ?? `/usr/bin/${name}`;
+    tools.set(name, found);
+  }
+  return found;
+}
 
 const MiB = 1024 * 1024;
 
@@ -56,8 +75,8 @@ export function wrap(
   sandbox?: SandboxOptions,
 ): { file: string; args: string[] } {
   let argv = [program, ...args];
-  if (hasLimits(limits)) argv = ["prlimit", ...prlimitArgs(limits), "--", ...argv];
-  if (sandbox) argv = [sandbox.bwrap, ...bwrapArgs(sandbox), ...argv];
+  if (hasLimits(limits)) argv = [toolPath("prlimit"), ...prlimitArgs(limits), "--", ...argv];
+  if (sandbox) argv = [toolPath(sandbox.bwrap), ...bwrapArgs(sandbox), ...argv];
   const [file = program, ...rest] = argv;
   return { file, args: rest };
 }
