@@ -20,7 +20,7 @@ export class AuditLog {
     private readonly log: Logger,
   ) {}
 
-  static async open(nc: NatsConnection, log: Logger, maxAgeDays = 90): Promise<AuditLog> {
+  static async open(nc: NatsConnection, log: Logger, maxAgeDays = 90, replicas = 1): Promise<AuditLog> {
     const jsm = await jetstreamManager(nc);
     const exists = await jsm.streams.info(AUDIT_STREAM).then(
       () => true,
@@ -34,6 +34,7 @@ export class AuditLog {
           deny_delete: true,
           deny_purge: true,
           max_age: maxAgeDays * NANOS_PER_DAY,
+          num_replicas: replicas,
         })
         .catch(async (err: unknown) => {
           // Another agent created it at the same moment.

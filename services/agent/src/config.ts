@@ -45,6 +45,8 @@ export const AgentConfigSchema = z.object({
    * (stream ASPEN_AUDIT), comma-separated. Empty: inline output only, no audit.
    */
   ASPEN_NATS_SERVERS: env.list(""),
+  /** Replicas of the outputs bucket and the audit stream when this agent creates them (3 on a 3-node NATS cluster). */
+  ASPEN_BUCKET_REPLICAS: env.int(1, 1, 5),
   /** How long audit records are kept when this agent creates the stream, days. */
   ASPEN_AUDIT_RETENTION_DAYS: env.int(90, 1, 36500),
   /**

@@ -34,8 +34,10 @@ await runMain(log, async () => {
       ? await Store.connect({ servers: config.ASPEN_NATS_SERVERS, name: `aspen-agent-${config.ASPEN_WORKER_ID}`, log })
       : undefined;
   if (!store) log.warn("ASPEN_NATS_SERVERS not set: full outputs are not stored and no audit records are written");
-  const outputs = store ? await OutputStore.open(store.nc) : undefined;
-  const audit = store ? await AuditLog.open(store.nc, log, config.ASPEN_AUDIT_RETENTION_DAYS) : undefined;
+  const outputs = store ? await OutputStore.open(store.nc, { replicas: config.ASPEN_BUCKET_REPLICAS }) : undefined;
+  const audit = store
+    ? await AuditLog.open(store.nc, log, config.ASPEN_AUDIT_RETENTION_DAYS, config.ASPEN_BUCKET_REPLICAS)
+    : undefined;
   const agent = new Agent({
     coordinatorAddr: config.ASPEN_COORDINATOR_ADDR,
     workerId: config.ASPEN_WORKER_ID,
