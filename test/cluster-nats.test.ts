@@ -197,10 +197,10 @@ describe("3-node NATS cluster, buckets at R3, one node SIGKILLed for 10 s", () =
     for (const dispose of disposers.reverse()) await dispose();
   }, 60_000);
 
-  it("creates every Aspen bucket with 3 replicas", () => {
-    const aspen = run.streams.filter((s) => /^(KV|OBJ)_aspen_/.test(s.name));
+  it("creates every Aspen bucket (and the agents' audit stream) with 3 replicas", () => {
+    const aspen = run.streams.filter((s) => /^(KV|OBJ)_aspen_|^ASPEN_AUDIT$/.test(s.name));
     expect(aspen.map((s) => s.name)).toEqual(
-      expect.arrayContaining(["KV_aspen_jobs", "KV_aspen_schedules", "OBJ_aspen_outputs"]),
+      expect.arrayContaining(["KV_aspen_jobs", "KV_aspen_schedules", "OBJ_aspen_outputs", "ASPEN_AUDIT"]),
     );
     for (const s of aspen) expect({ stream: s.name, replicas: s.config?.num_replicas }).toEqual({ stream: s.name, replicas: 3 });
   });
