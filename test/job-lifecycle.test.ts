@@ -8,7 +8,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
-  JobServiceClient, JobState, ListJobsRequest, Priority, RetryPolicy_Kind as K, SubmitJobRequest, type Job,
+  JobServiceClient,
+  JobState,
+  ListJobsRequest,
+  Priority,
+  RetryPolicy_Kind as K,
+  SubmitJobRequest,
+  type Job,
 } from "@aspen/proto";
 import { createClient, durationToMs, unaryCall } from "@aspen/runtime";
 import { startCluster, waitFor, type Cluster } from "@aspen/testkit";
@@ -19,7 +25,13 @@ const dir = mkdtempSync(join(tmpdir(), "aspen-lifecycle-"));
 /** A command that fails until it has run `failures` times, then succeeds (state in a counter file). */
 function flaky(name: string, failures: number) {
   const counter = join(dir, name);
-  return { command: "sh", args: ["-c", `n=$(cat ${counter} 2>/dev/null || echo 0); n=$((n+1)); echo $n > ${counter}; echo run $n; [ $n -gt ${failures} ]`] };
+  return {
+    command: "sh",
+    args: [
+      "-c",
+      `n=$(cat ${counter} 2>/dev/null || echo 0); n=$((n+1)); echo $n > ${counter}; echo run $n; [ $n -gt ${failures} ]`,
+    ],
+  };
 }
 
 describe("job lifecycle", () => {
@@ -44,7 +56,11 @@ describe("job lifecycle", () => {
     unaryCall(jobs.submitJob.bind(jobs), SubmitJobRequest.fromPartial(req));
   const get = (jobId: string) => unaryCall(jobs.getJob.bind(jobs), { jobId });
   const result = (jobId: string, waitSeconds = 20) =>
-    unaryCall(jobs.getJobResult.bind(jobs), { jobId, wait: { seconds: waitSeconds, nanos: 0 } }, { deadlineMs: (waitSeconds + 5) * 1000 });
+    unaryCall(
+      jobs.getJobResult.bind(jobs),
+      { jobId, wait: { seconds: waitSeconds, nanos: 0 } },
+      { deadlineMs: (waitSeconds + 5) * 1000 },
+    );
   const list = async (req: Parameters<typeof ListJobsRequest.fromPartial>[0]) =>
     (await unaryCall(jobs.listJobs.bind(jobs), ListJobsRequest.fromPartial({ pageSize: 1000, ...req }))).jobs;
 
@@ -62,16 +78,24 @@ describe("job lifecycle", () => {
     const done = await Promise.all(submitted.map((s) => result(s.id, 60)));
     expect(done.every((j) => j.state === S.JOB_STATE_SUCCEEDED)).toBe(true);
     const startOrder = [...done].sort((a, b) => a.startedAt!.getTime() - b.startedAt!.getTime()).map((j) => j.id);
-    const expected = [...classes]
-      .reverse()
-      .flatMap((p) => submitted.filter((s) => s.priority === p).map((s) => s.id));
+    const expected = [...classes].reverse().flatMap((p) => submitted.filter((s) => s.priority === p).map((s) => s.id));
     expect(startOrder).toEqual(expected);
   }, 60_000);
 
   it.each([
     ["fixed", { kind: K.KIND_FIXED, delay: { seconds: 0, nanos: 200e6 } }, [200, 200]],
     ["exponential", { kind: K.KIND_EXPONENTIAL, base: { seconds: 0, nanos: 100e6 }, factor: 3 }, [100, 300]],
-    ["custom", { kind: K.KIND_CUSTOM, delays: [{ seconds: 0, nanos: 50e6 }, { seconds: 0, nanos: 400e6 }] }, [50, 400]],
+    [
+      "custom",
+      {
+        kind: K.KIND_CUSTOM,
+        delays: [
+          { seconds: 0, nanos: 50e6 },
+          { seconds: 0, nanos: 400e6 },
+        ],
+      },
+      [50, 400],
+    ],
   ])("retries with a %s policy until the command succeeds", async (name, retry, delays) => {
     const id = `retry-${name}`;
     await submit({ jobId: id, spec: { exec: flaky(id, 2), retry: { ...retry, maxAttempts: 5 } } });
@@ -92,14 +116,24 @@ describe("job lifecycle", () => {
   });
 
   it("puts a job that exhausts its retries in the dead-letter queue, from where it can be requeued or purged", async () => {
-    await submit({ jobId: "doomed", spec: { exec: flaky("doomed", 10), retry: { kind: K.KIND_FIXED, delay: { seconds: 0, nanos: 1e6 }, maxAttempts: 2 } } });
+    await submit({
+      jobId: "doomed",
+      spec: { exec: flaky("doomed", 10), retry: { kind: K.KIND_FIXED, delay: { seconds: 0, nanos: 1e6 }, maxAttempts: 2 } },
+    });
     const dead = await result("doomed");
     expect(dead.state).toBe(S.JOB_STATE_DEAD);
     expect(dead.reason).toBe("exit code 1; retries exhausted after 2 of 2 attempts");
     expect(dead.result?.stdout?.text).toBe("run 2\n");
     expect(dead.history.map((h) => h.to)).toEqual([
-      S.JOB_STATE_QUEUED, S.JOB_STATE_ASSIGNED, S.JOB_STATE_RUNNING, S.JOB_STATE_FAILED, S.JOB_STATE_QUEUED,
-      S.JOB_STATE_ASSIGNED, S.JOB_STATE_RUNNING, S.JOB_STATE_FAILED, S.JOB_STATE_DEAD,
+      S.JOB_STATE_QUEUED,
+      S.JOB_STATE_ASSIGNED,
+      S.JOB_STATE_RUNNING,
+      S.JOB_STATE_FAILED,
+      S.JOB_STATE_QUEUED,
+      S.JOB_STATE_ASSIGNED,
+      S.JOB_STATE_RUNNING,
+      S.JOB_STATE_FAILED,
+      S.JOB_STATE_DEAD,
     ]);
     expect((await list({ states: [S.JOB_STATE_DEAD] })).map((j) => j.id)).toContain("doomed");
 
@@ -113,7 +147,10 @@ describe("job lifecycle", () => {
     expect(revived.history.some((h) => h.reason === "requeued: fixed the input")).toBe(true);
 
     // Another dead job is purged from the queue and is gone.
-    await submit({ jobId: "purged", spec: { exec: { command: "false" }, retry: { kind: K.KIND_FIXED, delay: { seconds: 0, nanos: 1e6 }, maxAttempts: 1 } } });
+    await submit({
+      jobId: "purged",
+      spec: { exec: { command: "false" }, retry: { kind: K.KIND_FIXED, delay: { seconds: 0, nanos: 1e6 }, maxAttempts: 1 } },
+    });
     expect((await result("purged")).state).toBe(S.JOB_STATE_DEAD);
     const purge = await unaryCall(jobs.purgeDeadLetters.bind(jobs), { jobIds: ["purged"] });
     expect(purge.purged).toBe(1);
@@ -144,7 +181,9 @@ describe("job lifecycle", () => {
   });
 
   it("refuses unknown dependencies and cycles at submit, naming the field", async () => {
-    await expect(submit({ jobId: "orphan", spec: { exec: { command: "true" }, dependsOn: ["no-such-job"] } })).rejects.toMatchObject({
+    await expect(
+      submit({ jobId: "orphan", spec: { exec: { command: "true" }, dependsOn: ["no-such-job"] } }),
+    ).rejects.toMatchObject({
       code: 3,
       message: 'spec.depends_on[0]: unknown job "no-such-job"',
     });
@@ -156,7 +195,10 @@ describe("job lifecycle", () => {
   });
 
   it("makes one job per idempotency key and answers GetJobResult, Stats and filtered ListJobs", async () => {
-    const first = await submit({ idempotencyKey: "order-42", spec: { exec: { command: "echo", args: ["once"] }, tags: { team: "billing" } } });
+    const first = await submit({
+      idempotencyKey: "order-42",
+      spec: { exec: { command: "echo", args: ["once"] }, tags: { team: "billing" } },
+    });
     const again = await submit({ idempotencyKey: "order-42", spec: { exec: { command: "echo", args: ["twice"] } } });
     expect(first.created).toBe(true);
     expect(again.created).toBe(false);
@@ -166,14 +208,20 @@ describe("job lifecycle", () => {
 
     const byTag = await list({ tags: { team: "billing" } });
     expect(byTag.map((j) => j.id)).toEqual([first.job!.id]);
-    const inWindow = await list({ submittedAfter: new Date(first.job!.submittedAt!.getTime()), submittedBefore: new Date(Date.now() + 1000) });
+    const inWindow = await list({
+      submittedAfter: new Date(first.job!.submittedAt!.getTime()),
+      submittedBefore: new Date(Date.now() + 1000),
+    });
     expect(inWindow.map((j) => j.id)).toContain(first.job!.id);
     expect(await list({ submittedAfter: new Date(Date.now() + 60_000) })).toEqual([]);
 
     const stats = await unaryCall(jobs.getStats.bind(jobs), {});
     expect(stats.byState.SUCCEEDED).toBeGreaterThan(0);
     expect(stats.queueDepth.map((d) => d.priority)).toEqual([
-      Priority.PRIORITY_CRITICAL, Priority.PRIORITY_HIGH, Priority.PRIORITY_NORMAL, Priority.PRIORITY_LOW,
+      Priority.PRIORITY_CRITICAL,
+      Priority.PRIORITY_HIGH,
+      Priority.PRIORITY_NORMAL,
+      Priority.PRIORITY_LOW,
     ]);
 
     // A job still running: GetJobResult returns it as it is when the wait runs out.

@@ -23,9 +23,13 @@ describe("job-manager crash", () => {
     const acked = new Set<string>();
     const ids = Array.from({ length: TOTAL }, (_, i) => `crash-${String(i).padStart(3, "0")}`);
     const submit = (id: string) =>
-      unaryCall(jobs.submitJob.bind(jobs), SubmitJobRequest.fromPartial({ jobId: id, spec: { exec: { command: "echo", args: [id] } } }), {
-        deadlineMs: 2_000,
-      }).then(() => acked.add(id));
+      unaryCall(
+        jobs.submitJob.bind(jobs),
+        SubmitJobRequest.fromPartial({ jobId: id, spec: { exec: { command: "echo", args: [id] } } }),
+        {
+          deadlineMs: 2_000,
+        },
+      ).then(() => acked.add(id));
 
     // Submit with 16 in flight; SIGKILL the job-manager after the 200th acknowledgement.
     let next = 0;
@@ -68,7 +72,9 @@ describe("job-manager crash", () => {
     }
     // An attempt placed just before the crash whose start report was lost ends LOST (never run twice).
     expect(notSucceeded.every((j) => j.state === JobState.JOB_STATE_LOST)).toBe(true);
-    console.log(`crash test: ${all.length - notSucceeded.length} succeeded, ${notSucceeded.length} lost, ${failed.length} resubmitted`);
+    console.log(
+      `crash test: ${all.length - notSucceeded.length} succeeded, ${notSucceeded.length} lost, ${failed.length} resubmitted`,
+    );
     jobs.close();
   }, 120_000);
 });

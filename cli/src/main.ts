@@ -20,9 +20,7 @@ const program = new Command("aspen")
   .exitOverride()
   .addOption(new Option("--scheduler <addr>", "scheduler host:port").env("ASPEN_SCHEDULER_ADDR").default("127.0.0.1:50051"))
   .addOption(new Option("--job-manager <addr>", "job-manager host:port").env("ASPEN_JOB_MANAGER_ADDR").default("127.0.0.1:50052"))
-  .addOption(
-    new Option("--coordinator <addr>", "coordinator host:port").env("ASPEN_COORDINATOR_ADDR").default("127.0.0.1:50053"),
-  )
+  .addOption(new Option("--coordinator <addr>", "coordinator host:port").env("ASPEN_COORDINATOR_ADDR").default("127.0.0.1:50053"))
   // TLS trust comes from ASPEN_TLS_CA (and ASPEN_TLS_CLIENT_CERT/KEY for mTLS), read by the clients.
   .addOption(new Option("--token <token>", "bearer token (default: $ASPEN_TOKEN)"))
   .hook("preAction", () => {
