@@ -4,14 +4,16 @@
  * rate limit and job types, the audit trail readable through the API, and a
  * timeout that leaves no process behind.
  */
+import { execFile } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { readdirSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { JobServiceClient, type JobSpec, JobState, SubmitJobRequest, type Job } from "@aspen/proto";
 import { createClient, unaryCall } from "@aspen/runtime";
-import { processGroupMembers, startCluster, waitFor, type Cluster } from "@aspen/testkit";
+import { processGroupMembers, repoRoot, startCluster, waitFor, type Cluster } from "@aspen/testkit";
 
 const S = JobState;
 const dir = mkdtempSync(join(tmpdir(), "aspen-agent-policy-"));
@@ -187,5 +189,12 @@ describe("agent policy", () => {
     expect(one.records[0]?.outcome).toMatch(/^refused: rate limit/);
     const seqs = res.records.map((r) => r.sequence);
     expect(seqs).toEqual([...seqs].sort((a, b) => b - a));
+    // The same through the CLI.
+    const cli = await promisify(execFile)(
+      process.execPath,
+      [join(repoRoot, "cli", "dist", "main.js"), "--job-manager", cluster.addr.jobManager, "job", "audit", "env-dump"],
+      { encoding: "utf8" },
+    );
+    expect(cli.stdout).toMatch(/env-dump\s+1\s+agent-1\s+\S*\/env\s+exit 0\s+[0-9a-f]{12}…/);
   });
 });
