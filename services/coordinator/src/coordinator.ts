@@ -9,6 +9,7 @@
  * of them, it is told to kill it; any result it sends for it is passed to
  * the job-manager, which refuses and records it (the job has moved on).
  */
+import { performance } from "node:perf_hooks";
 import type { ServerDuplexStream } from "@grpc/grpc-js";
 import {
   PlacementStrategy,
@@ -69,6 +70,8 @@ export interface CoordinatorOptions {
   maxWorkers: number;
   /** Most worker groups. */
   maxGroups: number;
+  /** Called with the duration of every placement decision (metrics), ms. */
+  onPlacement?: (ms: number) => void;
   clock?: () => number;
 }
 
@@ -306,6 +309,15 @@ export class Coordinator {
 
   /** Chooses a worker for the attempt by the job's strategy and sends it down that worker's stream. */
   async place(request: PlaceJobRequest): Promise<string> {
+    const t0 = performance.now();
+    try {
+      return await this.placeNow(request);
+    } finally {
+      this.options.onPlacement?.(performance.now() - t0);
+    }
+  }
+
+  private async placeNow(request: PlaceJobRequest): Promise<string> {
     if (!JOB_ID.test(request.jobId)) throw new InvalidArgumentError("job_id", `must match ${JOB_ID}`);
     if (request.attempt < 1) throw new InvalidArgumentError("attempt", "must be at least 1");
     validateJobSpec(request.spec, "spec");

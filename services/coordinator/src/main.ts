@@ -1,6 +1,5 @@
 /** Coordinator process: wires config, logging, telemetry and metrics, NATS and the gRPC server. */
 import { hostname } from "node:os";
-import { performance } from "node:perf_hooks";
 import { JobServiceClient, Worker, WorkerGroup, WorkerHealth } from "@aspen/proto";
 import {
   closeInOrder,
@@ -36,6 +35,11 @@ await runMain(log, async () => {
     log,
   });
   const jobManager = createClient(JobServiceClient, config.ASPEN_JOB_MANAGER_ADDR);
+  // Placement time: choosing a worker and handing it the attempt (Coordinator.place).
+  const placeTime = meter().createHistogram("aspen.coordinator.placement_duration", {
+    unit: "ms",
+    description: "time to choose a worker and hand it the attempt (failed placements included)",
+  });
   const coordinator = new Coordinator({
     workers: await store.bucket("aspen_workers", Worker),
     groups: await store.bucket("aspen_worker_groups", WorkerGroup),
@@ -48,22 +52,9 @@ await runMain(log, async () => {
     reconnectGraceMs: config.ASPEN_RECONNECT_GRACE,
     maxGroups: config.ASPEN_MAX_GROUPS,
     maxWorkers: config.ASPEN_MAX_WORKERS,
+    onPlacement: (ms) => placeTime.record(ms),
   });
   await coordinator.start();
-  // Placement time: measured around Coordinator.place (choose a worker and send it the attempt).
-  const placeTime = meter().createHistogram("aspen.coordinator.placement_duration", {
-    unit: "ms",
-    description: "time to choose a worker and hand it the attempt (failed placements included)",
-  });
-  const place = coordinator.place.bind(coordinator);
-  coordinator.place = async (...args: Parameters<typeof place>) => {
-    const t0 = performance.now();
-    try {
-      return await place(...args);
-    } finally {
-      placeTime.record(performance.now() - t0);
-    }
-  };
   observeGauge("aspen.coordinator.slots", { description: "agent slots by worker, used (running attempts) and total" }, () =>
     coordinator
       .workers()

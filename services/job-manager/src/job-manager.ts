@@ -81,6 +81,8 @@ export interface JobManagerOptions {
   maintenanceIntervalMs: number;
   clock?: () => Date;
   random?: () => number;
+  /** Called with the stdout + stderr bytes of every reported finished attempt (metrics). */
+  onOutputBytes?: (bytes: number) => void;
 }
 
 const S = JobState;
@@ -558,6 +560,8 @@ export class JobManager {
           },
         };
       case "finished": {
+        const reported = e.value.result;
+        this.options.onOutputBytes?.((reported?.stdout?.totalBytes ?? 0) + (reported?.stderr?.totalBytes ?? 0));
         const result = await offloadLargeOutput(e.value.result, event.jobId, event.attempt, this.options.outputs);
         return {
           freesSlot: true,

@@ -58,7 +58,13 @@ await runMain(log, async () => {
     match: async (selector) =>
       (await unaryCall(coordinator.matchWorkers.bind(coordinator), { selector })).workers.map((w) => w.id),
   };
+  // Output bytes of finished attempts as the agents reported them (refused reports included).
+  const outputBytes = meter().createCounter("aspen.job_manager.output_bytes", {
+    unit: "By",
+    description: "stdout + stderr bytes of finished attempts reported by agents",
+  });
   const jobs = new JobManager({
+    onOutputBytes: (bytes) => outputBytes.add(bytes),
     jobs: await store.bucket("aspen_jobs", Job, { history: 1 }),
     keys: await store.bucket("aspen_job_keys", IdempotencyRecord),
     outputs: await store.objects("aspen_outputs"),
@@ -87,21 +93,6 @@ await runMain(log, async () => {
       return [[age ? durationToMs(age) : 0]];
     },
   );
-  // Output bytes of finished attempts as the agents reported them (refused reports included).
-  const outputBytes = meter().createCounter("aspen.job_manager.output_bytes", {
-    unit: "By",
-    description: "stdout + stderr bytes of finished attempts reported by agents",
-  });
-  const report = jobs.report.bind(jobs);
-  // Every argument forwarded as it is (the events and whatever follows them); only the events are read.
-  jobs.report = (...args: Parameters<typeof report>) => {
-    for (const e of args[0]) {
-      if (e.event?.$case !== "finished") continue;
-      const r = e.event.value.result;
-      outputBytes.add((r?.stdout?.totalBytes ?? 0) + (r?.stderr?.totalBytes ?? 0));
-    }
-    return report(...args);
-  };
   const server = new GrpcServer({
     host: config.ASPEN_GRPC_HOST,
     port: config.ASPEN_GRPC_PORT,
