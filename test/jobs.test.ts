@@ -54,6 +54,16 @@ describe("jobs", () => {
     ]);
   });
 
+  it("runs other job types from the agent's registry (echo), and refuses a malformed type", async () => {
+    await submit({ jobId: "echoed", spec: { jobType: "echo", exec: { command: "unused", args: ["no", "process"] } } });
+    const done = await until("echoed", S.JOB_STATE_SUCCEEDED);
+    expect(done.result?.stdout?.text).toBe("no process\n");
+    await expect(submit({ spec: { jobType: "Bad Type", exec: { command: "x" } } })).rejects.toMatchObject({
+      code: 3,
+      message: expect.stringMatching(/^spec\.job_type:/),
+    });
+  });
+
   it("submitting the same id twice makes one job", async () => {
     const first = await submit({ jobId: "once-only", spec: { exec: { command: "echo", args: ["1"] } } });
     const second = await submit({ jobId: "once-only", spec: { exec: { command: "echo", args: ["2"] } } });

@@ -5,7 +5,7 @@
  * are refused with UNIMPLEMENTED rather than silently ignored.
  */
 import { LabelRequirement_Operator, PlacementStrategy, Priority, RetryPolicy_Kind, StderrMode, type JobSpec } from "@aspen/proto";
-import { durationToMs, InvalidArgumentError, UnimplementedError } from "@aspen/runtime";
+import { durationToMs, InvalidArgumentError } from "@aspen/runtime";
 import { GROUP_NAME, JOB_ID, JOB_ID_MAX, WORKER_ID } from "./ids.js";
 import { isRetrying } from "./retry.js";
 
@@ -166,7 +166,8 @@ export function validateJobSpec(spec: JobSpec | undefined, field = "spec"): asse
       throw new InvalidArgumentError(`${field}.then[${i}].then`, "chains are flat: list every step in the first job's then");
     validateJobSpec(step, `${field}.then[${i}]`);
   });
-  if (spec.jobType !== "" && spec.jobType !== "shell") {
-    throw new UnimplementedError(`${field}.job_type`, `only "shell" is implemented yet`);
+  // Which handler runs it is the agent's registry (and config) to decide; here only the form.
+  if (spec.jobType !== "" && !/^[a-z][a-z0-9-]{0,31}$/.test(spec.jobType)) {
+    throw new InvalidArgumentError(`${field}.job_type`, "must be a handler name ([a-z][a-z0-9-]{0,31}), e.g. shell or echo");
   }
 }

@@ -25,6 +25,8 @@ export function headTail(text: string, limit: number): string {
 
 async function offloadStream(output: Output | undefined, name: string, objects: ObjectBucket): Promise<Output | undefined> {
   if (!output || Buffer.byteLength(output.text) <= RECORD_INLINE_BYTES) return output;
+  // The agent stored the whole stream already: keep its object, only trim the text.
+  if (output.objectName) return { ...output, text: headTail(output.text, RECORD_INLINE_BYTES), truncated: true };
   await objects.put(name, Buffer.from(output.text));
   return { ...output, text: headTail(output.text, RECORD_INLINE_BYTES), truncated: true, objectName: name };
 }
