@@ -173,6 +173,7 @@ describe("agent policy", () => {
       refused: false,
       outcome: "exit 0",
       exitCode: 0,
+      submittedBy: "test-admin", // the token that submitted it, as the job-manager authenticated it
     });
     expect(dump.command).toMatch(/\/env$/);
     expect(dump.envNames).toEqual(["JOB_VAR"]); // names only, never values

@@ -280,7 +280,7 @@ export class Agent {
       attempt: assignment.attempt,
       workerId: this.options.workerId,
       hostname: hostname(),
-      submittedBy: spec?.tags["submitted-by"] ?? "",
+      submittedBy: assignment.submittedBy || (spec?.tags["submitted-by"] ?? ""),
       jobType: spec?.jobType || "shell",
       command: plan?.program ?? spec?.exec?.command ?? "",
       args: plan?.args ?? spec?.exec?.args ?? [],

@@ -346,6 +346,7 @@ export class Coordinator {
               spec,
               traceparent: traceparentOf(),
               submittedAt: request.submittedAt,
+              submittedBy: request.submittedBy,
             },
           },
         });

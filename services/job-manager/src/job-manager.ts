@@ -148,7 +148,8 @@ export class JobManager {
 
   // ---- submission -------------------------------------------------------
 
-  async submit(request: SubmitJobRequest): Promise<SubmitJobResponse> {
+  /** `caller`: the authenticated submitter (its token name), recorded on the job and in the agent's audit. */
+  async submit(request: SubmitJobRequest, caller = ""): Promise<SubmitJobResponse> {
     if (request.jobId && (request.jobId.length > JOB_ID_MAX || !JOB_ID.test(request.jobId))) {
       throw new InvalidArgumentError("job_id", `must be at most ${JOB_ID_MAX} characters of ${JOB_ID}`);
     }
@@ -171,12 +172,13 @@ export class JobManager {
       }
     }
     id ||= newId("j");
+    const submittedBy = request.scheduleId ? `schedule:${request.scheduleId}${caller ? ` (${caller})` : ""}` : caller;
     await this.checkDependencies(id, spec.dependsOn, "spec.depends_on");
     return withSpan(Spans.submit, { attributes: { [Attr.jobId]: id, [Attr.scheduleId]: request.scheduleId } }, async () => {
       const created =
         (spec.placement?.fanOut ?? 0) !== 0
-          ? await this.submitFanOut(id, spec, request, activeTraceId(), traceparentOf())
-          : await this.createJob(id, spec, request, activeTraceId(), traceparentOf());
+          ? await this.submitFanOut(id, spec, request, activeTraceId(), traceparentOf(), submittedBy)
+          : await this.createJob(id, spec, request, activeTraceId(), traceparentOf(), { submittedBy });
       // A chain: each step depends on the one before. Created (if absent) on every
       // submission, so a crash between the steps is repaired by submitting again.
       let previous = id;
@@ -188,6 +190,7 @@ export class JobManager {
           { ...request, idempotencyKey: "" },
           created.job?.traceId ?? "",
           created.job?.traceparent ?? "",
+          { submittedBy },
         );
         previous = stepId;
       }
@@ -247,6 +250,7 @@ export class JobManager {
     request: SubmitJobRequest,
     traceId: string,
     traceparent: string,
+    submittedBy: string,
   ): Promise<SubmitJobResponse> {
     const placement = spec.placement!;
     const existing = this.index.get(id)?.value;
@@ -256,6 +260,7 @@ export class JobManager {
     const childId = (worker: string) => `${id}.on-${worker.replace(/\./g, "_")}`;
     const parent = await this.createJob(id, { ...spec, then: [] }, request, traceId, traceparent, {
       children: chosen.map(childId),
+      submittedBy,
     });
     if (!parent.created) return parent;
     for (const worker of chosen) {
@@ -264,7 +269,10 @@ export class JobManager {
         then: [],
         placement: { ...placement, fanOut: 0, selector: NodeSelector.fromPartial({ ...placement.selector, workerId: worker }) },
       };
-      await this.createJob(childId(worker), pinned, { ...request, idempotencyKey: "" }, traceId, traceparent, { parentId: id });
+      await this.createJob(childId(worker), pinned, { ...request, idempotencyKey: "" }, traceId, traceparent, {
+        parentId: id,
+        submittedBy,
+      });
     }
     return parent;
   }
@@ -665,6 +673,7 @@ export class JobManager {
               traceparent: traceparentOf(),
               submittedAt: current.submittedAt,
               affinityKey: current.spec?.placement?.affinityKey || current.scheduleId || current.id,
+              submittedBy: current.submittedBy,
             });
             span.setAttribute(Attr.workerId, workerId);
             this.unmatched.delete(selector);

@@ -1,13 +1,13 @@
 /** aspen.v1.JobService over the JobManager: request checks and streaming live here, decisions in JobManager. */
 import { JobServiceService, type Job, type JobServiceServer } from "@aspen/proto";
-import { bindService, durationToMs, InvalidArgumentError, type ServiceBinding } from "@aspen/runtime";
+import { bindService, durationToMs, InvalidArgumentError, principalOf, type ServiceBinding } from "@aspen/runtime";
 import { isTerminal } from "@aspen/model";
 import type { JobManager } from "./job-manager.js";
 import { outputStreamHandlers } from "./output-stream.js";
 
 export function jobService(jobs: JobManager): ServiceBinding<JobServiceServer> {
   return bindService<JobServiceServer>("aspen.v1.JobService", JobServiceService, {
-    submitJob: (req) => jobs.submit(req),
+    submitJob: (req, call) => jobs.submit(req, principalOf(call)?.name),
     getJob: (req) => jobs.get(req.jobId),
     listJobs: async (req) => jobs.list(req),
     cancelJob: (req) => jobs.cancel(req.jobId, req.reason),
