@@ -83,3 +83,26 @@ export const env = {
       }),
   logLevel: () => z.enum(["trace", "debug", "info", "warn", "error", "fatal", "silent"]).default("info"),
 };
+
+/**
+ * The variables every control service (scheduler, job-manager, coordinator)
+ * takes, with their defaults; each service spreads these into its schema.
+ */
+export function controlServiceEnv(defaultPort: number) {
+  return {
+    /** Address the gRPC server binds. */
+    ASPEN_GRPC_HOST: env.string("0.0.0.0"),
+    ASPEN_GRPC_PORT: env.port(defaultPort),
+    /** NATS servers, comma-separated. */
+    ASPEN_NATS_SERVERS: env.list("nats://127.0.0.1:4222"),
+    /** Replicas of the buckets this service creates (3 in a 3-node NATS cluster); existing ones must match. */
+    ASPEN_BUCKET_REPLICAS: env.int(1, 1, 5),
+    /** This replica's name (NATS connection name, leases, metrics). Default: host-pid. */
+    ASPEN_REPLICA_ID: z.string().default(""),
+    /** Serve Prometheus metrics on this port at /metrics (docs/metrics.md). 0: no metrics endpoint. */
+    ASPEN_METRICS_PORT: env.port(0),
+    /** Address the metrics endpoint binds. */
+    ASPEN_METRICS_HOST: env.string("0.0.0.0"),
+    ASPEN_LOG_LEVEL: env.logLevel(),
+  };
+}

@@ -15,7 +15,7 @@ export {
   isServiceError,
   toServiceError,
 } from "./errors.js";
-export { ConfigError, env, loadConfig } from "./config.js";
+export { ConfigError, controlServiceEnv, env, loadConfig } from "./config.js";
 export { createLogger, type Logger } from "./logger.js";
 export {
   Attr,

@@ -1,18 +1,7 @@
 /** Coordinator process: wires config, logging, telemetry and metrics, NATS and the gRPC server. */
-import { hostname } from "node:os";
 import { JobServiceClient, Worker, WorkerGroup, WorkerHealth } from "@aspen/proto";
-import {
-  closeInOrder,
-  createClient,
-  createLogger,
-  GrpcServer,
-  meter,
-  observeGauge,
-  runMain,
-  startTelemetry,
-  unaryCall,
-} from "@aspen/runtime";
-import { Store } from "@aspen/store";
+import { closeInOrder, createClient, createLogger, GrpcServer, meter, observeGauge, runMain, unaryCall } from "@aspen/runtime";
+import { openControlService } from "@aspen/store";
 import { loadCoordinatorConfig } from "./config.js";
 import { Coordinator } from "./coordinator.js";
 import { coordinatorService } from "./coordinator-service.js";
@@ -21,19 +10,7 @@ const log = createLogger("coordinator");
 
 await runMain(log, async () => {
   const config = loadCoordinatorConfig();
-  log.level = config.ASPEN_LOG_LEVEL;
-  const replicaId = config.ASPEN_REPLICA_ID || `${hostname()}-${process.pid}`;
-  const telemetry = startTelemetry("aspen-coordinator", {
-    metricsPort: config.ASPEN_METRICS_PORT || undefined,
-    metricsHost: config.ASPEN_METRICS_HOST,
-  });
-  await telemetry.ready();
-  const store = await Store.connect({
-    servers: config.ASPEN_NATS_SERVERS,
-    name: `aspen-coordinator/${replicaId}`,
-    replicas: config.ASPEN_BUCKET_REPLICAS,
-    log,
-  });
+  const { replicaId, telemetry, store } = await openControlService("coordinator", config, log);
   const jobManager = createClient(JobServiceClient, config.ASPEN_JOB_MANAGER_ADDR);
   // Placement time: choosing a worker and handing it the attempt (Coordinator.place).
   const placeTime = meter().createHistogram("aspen.coordinator.placement_duration", {

@@ -1,15 +1,9 @@
 /** Job-manager configuration: environment variables, their defaults and units. */
 import { z } from "zod";
-import { env, loadConfig } from "@aspen/runtime";
+import { controlServiceEnv, env, loadConfig } from "@aspen/runtime";
 
 export const JobManagerConfigSchema = z.object({
-  /** Address the gRPC server binds. */
-  ASPEN_GRPC_HOST: env.string("0.0.0.0"),
-  ASPEN_GRPC_PORT: env.port(50052),
-  /** NATS servers, comma-separated. */
-  ASPEN_NATS_SERVERS: env.list("nats://127.0.0.1:4222"),
-  /** Replicas of the buckets this service creates (3 in a 3-node NATS cluster). */
-  ASPEN_BUCKET_REPLICAS: env.int(1, 1, 5),
+  ...controlServiceEnv(50052),
   /** Where the coordinator serves gRPC. */
   ASPEN_COORDINATOR_ADDR: env.string("127.0.0.1:50053"),
   /** Placements in flight at once. */
@@ -26,13 +20,6 @@ export const JobManagerConfigSchema = z.object({
   ASPEN_RETAIN_FOR: env.durationMs("7d"),
   /** How often retention and assignment timeouts are checked. */
   ASPEN_MAINTENANCE_INTERVAL: env.durationMs("5s"),
-  /** This replica's name in logs and in the NATS connection name (two replicas side by side). Default: host-pid. */
-  ASPEN_REPLICA_ID: env.string(""),
-  /** Serve Prometheus metrics on this port at /metrics (docs/metrics.md). 0: no metrics endpoint. */
-  ASPEN_METRICS_PORT: env.port(0),
-  /** Address the metrics endpoint binds. */
-  ASPEN_METRICS_HOST: env.string("0.0.0.0"),
-  ASPEN_LOG_LEVEL: env.logLevel(),
 });
 
 export type JobManagerConfig = z.infer<typeof JobManagerConfigSchema>;

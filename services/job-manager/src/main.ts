@@ -1,5 +1,4 @@
 /** Job-manager process: wires config, logging, telemetry and metrics, NATS and the gRPC server. */
-import { hostname } from "node:os";
 import { performance } from "node:perf_hooks";
 import { CoordinatorServiceClient, IdempotencyRecord, Job } from "@aspen/proto";
 import {
@@ -11,10 +10,9 @@ import {
   meter,
   observeGauge,
   runMain,
-  startTelemetry,
   unaryCall,
 } from "@aspen/runtime";
-import { Store } from "@aspen/store";
+import { openControlService } from "@aspen/store";
 import { loadJobManagerConfig } from "./config.js";
 import { JobManager, type Placer } from "./job-manager.js";
 import { jobService } from "./job-service.js";
@@ -24,19 +22,7 @@ const log = createLogger("job-manager");
 
 await runMain(log, async () => {
   const config = loadJobManagerConfig();
-  log.level = config.ASPEN_LOG_LEVEL;
-  const replicaId = config.ASPEN_REPLICA_ID || `${hostname()}-${process.pid}`;
-  const telemetry = startTelemetry("aspen-job-manager", {
-    metricsPort: config.ASPEN_METRICS_PORT || undefined,
-    metricsHost: config.ASPEN_METRICS_HOST,
-  });
-  await telemetry.ready();
-  const store = await Store.connect({
-    servers: config.ASPEN_NATS_SERVERS,
-    name: `aspen-job-manager/${replicaId}`,
-    replicas: config.ASPEN_BUCKET_REPLICAS,
-    log,
-  });
+  const { replicaId, telemetry, store } = await openControlService("job-manager", config, log);
   configureOutputStream(store.nc);
   const coordinator = createClient(CoordinatorServiceClient, config.ASPEN_COORDINATOR_ADDR);
   const placeTime = meter().createHistogram("aspen.job_manager.place_duration", {

@@ -1,18 +1,7 @@
 /** Scheduler process: wires config, logging, telemetry, NATS, the firing lease and the gRPC server. */
-import { randomBytes } from "node:crypto";
-import { hostname } from "node:os";
 import { JobServiceClient, ListJobsRequest, Schedule, SchedulerLease } from "@aspen/proto";
-import {
-  closeInOrder,
-  createClient,
-  createLogger,
-  GrpcServer,
-  observeGauge,
-  runMain,
-  startTelemetry,
-  unaryCall,
-} from "@aspen/runtime";
-import { Store } from "@aspen/store";
+import { closeInOrder, createClient, createLogger, GrpcServer, observeGauge, runMain, unaryCall } from "@aspen/runtime";
+import { openControlService } from "@aspen/store";
 import { loadSchedulerConfig } from "./config.js";
 import { Lease } from "./lease.js";
 import { createMetrics } from "./metrics.js";
@@ -23,19 +12,7 @@ const log = createLogger("scheduler");
 
 await runMain(log, async () => {
   const config = loadSchedulerConfig();
-  log.level = config.ASPEN_LOG_LEVEL;
-  const replicaId = config.ASPEN_REPLICA_ID || `${hostname()}-${process.pid}-${randomBytes(3).toString("hex")}`;
-  const telemetry = startTelemetry("aspen-scheduler", {
-    metricsPort: config.ASPEN_METRICS_PORT || undefined,
-    metricsHost: config.ASPEN_METRICS_HOST,
-  });
-  await telemetry.ready();
-  const store = await Store.connect({
-    servers: config.ASPEN_NATS_SERVERS,
-    name: "aspen-scheduler",
-    replicas: config.ASPEN_BUCKET_REPLICAS,
-    log,
-  });
+  const { replicaId, telemetry, store } = await openControlService("scheduler", config, log);
   const jobManager = createClient(JobServiceClient, config.ASPEN_JOB_MANAGER_ADDR);
   const scheduler = new Scheduler({
     schedules: await store.bucket("aspen_schedules", Schedule),
