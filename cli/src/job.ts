@@ -405,7 +405,8 @@ export function registerJobCommands(program: Command, clients: Clients): void {
       try {
         for await (const chunk of c.streamJobOutput(req) as AsyncIterable<OutputChunk>) {
           const out = chunk.stream === "stderr" ? process.stderr : process.stdout;
-          if (chunk.inlineOnly) {
+          // Only worth saying when the inline copy is not the whole stream.
+          if (chunk.inlineOnly && chunk.totalBytes > chunk.data.length) {
             process.stderr.write(
               `--- ${chunk.stream}: only the inline head/tail was kept (${chunk.totalBytes} bytes written) ---\n`,
             );
