@@ -59,7 +59,15 @@ await runMain(log, async () => {
     maxBackoffMs: config.ASPEN_RECONNECT_MAX,
   });
   // No inbound port for work: this server only answers health checks (and reflection).
-  const health = new GrpcServer({ host: config.ASPEN_HEALTH_HOST, port: config.ASPEN_HEALTH_PORT, log, services: [] });
+  // Serves only health and reflection, which are open on every service: no RPC to protect,
+  // so it needs neither tokens nor TLS (the agent's calls out use ASPEN_TOKEN / ASPEN_TLS_CA).
+  const health = new GrpcServer({
+    host: config.ASPEN_HEALTH_HOST,
+    port: config.ASPEN_HEALTH_PORT,
+    log,
+    services: [],
+    security: {},
+  });
   const port = await health.start();
   agent.start();
   log.info(
