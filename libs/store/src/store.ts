@@ -34,6 +34,13 @@ export interface StoreOptions {
    * durability than configured). 3 in a 3-node cluster.
    */
   replicas?: number;
+  /**
+   * NATS credentials. Default: ASPEN_NATS_USER / ASPEN_NATS_PASSWORD from the
+   * environment, else none. Each service has its own user, allowed only the
+   * buckets and streams it owns (scripts/nats-auth.mjs, docs/security.md).
+   */
+  user?: string;
+  password?: string;
   log: Logger;
 }
 
@@ -235,9 +242,11 @@ export class Store {
     const deadline = Date.now() + waitMs;
     for (;;) {
       try {
+        const user = options.user ?? process.env.ASPEN_NATS_USER;
         const nc = await connect({
           servers: options.servers,
           name: options.name,
+          ...(user ? { user, pass: options.password ?? process.env.ASPEN_NATS_PASSWORD ?? "" } : {}),
           maxReconnectAttempts: -1,
           reconnectTimeWait: 500,
         });

@@ -77,13 +77,17 @@ export interface NatsServer extends AsyncDisposable {
 }
 
 /** Starts `nats-server -js` on a free loopback port with its own store folder. */
-export async function startNats(): Promise<NatsServer> {
+export async function startNats(options: { config?: string } = {}): Promise<NatsServer> {
   const dir = mkdtempSync(join(tmpdir(), "aspen-nats-"));
   const storeDir = join(dir, "js");
   let port = 0;
   let child: ChildProcess;
+  // Extra server configuration (e.g. an authorization block), in a file the flags complement.
+  const configFile = options.config === undefined ? undefined : join(dir, "extra.conf");
+  if (configFile) writeFileSync(configFile, options.config ?? "");
   const launch = async () => {
     const args = ["-js", "-sd", storeDir, "-a", "127.0.0.1", "-p", String(port || -1), "--ports_file_dir", dir];
+    if (configFile) args.unshift("-c", configFile);
     child = spawn("nats-server", args, { stdio: ["ignore", "ignore", "pipe"] });
     let stderr = "";
     child.stderr?.on("data", (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
@@ -283,6 +287,10 @@ export interface ClusterOptions {
   scheduler?: boolean;
   /** Extra environment for the job-manager only. */
   jobManagerEnv?: Record<string, string>;
+  /** Extra environment per service (agents included), e.g. its NATS user. */
+  serviceEnv?: (name: ServiceName) => Record<string, string>;
+  /** Extra nats-server configuration (e.g. an authorization block). */
+  natsConfig?: string;
 }
 
 export interface Cluster extends AsyncDisposable {
@@ -306,7 +314,7 @@ export interface Cluster extends AsyncDisposable {
  * process on free loopback ports, healthy and registered before it resolves.
  */
 export async function startCluster(options: ClusterOptions = {}): Promise<Cluster> {
-  const nats = await startNats();
+  const nats = await startNats({ config: options.natsConfig });
   const started: ServiceProcess[] = [];
   try {
     const [sp, jp, cp] = [await freePort(), await freePort(), await freePort()];
@@ -326,9 +334,9 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
       ...options.env,
     };
     const envs = {
-      scheduler: { ...common, ASPEN_GRPC_PORT: String(sp) },
-      "job-manager": { ...common, ASPEN_GRPC_PORT: String(jp), ...options.jobManagerEnv },
-      coordinator: { ...common, ASPEN_GRPC_PORT: String(cp) },
+      scheduler: { ...common, ASPEN_GRPC_PORT: String(sp), ...options.serviceEnv?.("scheduler") },
+      "job-manager": { ...common, ASPEN_GRPC_PORT: String(jp), ...options.jobManagerEnv, ...options.serviceEnv?.("job-manager") },
+      coordinator: { ...common, ASPEN_GRPC_PORT: String(cp), ...options.serviceEnv?.("coordinator") },
     };
     const addrOf = { scheduler: addr.scheduler, "job-manager": addr.jobManager, coordinator: addr.coordinator };
     const launch = async (name: "scheduler" | "job-manager" | "coordinator") => {
@@ -354,6 +362,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
           ASPEN_SLOTS: String(options.slots ?? 4),
           ASPEN_HEALTH_HOST: "127.0.0.1",
           ASPEN_HEALTH_PORT: String(healthPort),
+          ...options.serviceEnv?.("agent"),
           ...options.agentEnv?.(i),
         },
         `agent-${i + 1}`,
