@@ -40,16 +40,18 @@ function stream(name, subjects) {
 }
 
 /** Publish permissions per service user. */
+const controlAudit = stream("ASPEN_CONTROL_AUDIT", ["aspen.control.>"]);
 export const PERMISSIONS = {
-  scheduler: [...kv("aspen_schedules"), ...kv("aspen_scheduler_lease")],
+  scheduler: [...kv("aspen_schedules"), ...kv("aspen_scheduler_lease"), ...controlAudit],
   "job-manager": [
+    ...controlAudit,
     ...kv("aspen_jobs"),
     ...kv("aspen_job_keys"),
     ...obj("aspen_outputs"),
     // Reads the agents' audit stream; never writes to it.
     ...stream("ASPEN_AUDIT", []).filter((s) => !s.includes("CREATE.ASPEN_AUDIT") || s.includes("CONSUMER")),
   ],
-  coordinator: [...kv("aspen_workers"), ...kv("aspen_worker_groups")],
+  coordinator: [...kv("aspen_workers"), ...kv("aspen_worker_groups"), ...controlAudit],
   // Agents reach NATS only for full outputs and their audit records.
   agent: [...obj("aspen_outputs"), ...stream("ASPEN_AUDIT", ["aspen.audit.>"])],
 };

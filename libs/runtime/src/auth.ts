@@ -194,22 +194,30 @@ export function clientSecurityFromEnv(env: Record<string, string | undefined> = 
   };
 }
 
-/**
- * The caller of an RPC, or UNAUTHENTICATED / PERMISSION_DENIED naming what is
- * missing. With authentication off, everyone is an anonymous admin.
- */
-export function authorize(tokens: TokenStore | undefined, metadata: Metadata, service: string, method: string): Principal {
+/** The caller a request's bearer token names, or UNAUTHENTICATED. With authentication off, an anonymous admin. */
+export function authenticate(tokens: TokenStore | undefined, metadata: Metadata): Principal {
   if (!tokens) return { name: "anonymous", role: "admin" };
   const header = String(metadata.get("authorization")[0] ?? "");
   const match = /^Bearer\s+(\S+)$/i.exec(header);
   if (!match?.[1]) throw new AspenError(status.UNAUTHENTICATED, "missing bearer token (authorization: Bearer <token>)");
   const principal = tokens.authenticate(match[1]);
   if (!principal) throw new AspenError(status.UNAUTHENTICATED, "invalid bearer token");
+  return principal;
+}
+
+/** PERMISSION_DENIED naming the permission `service/method` needs, unless the caller's role has it. */
+export function requirePermission(principal: Principal, service: string, method: string): void {
   const needed = permissionFor(method);
   if (!ROLE_PERMISSIONS[principal.role].includes(needed)) {
     throw new PermissionDeniedError(
       `${service}/${method} needs the "${needed}" permission; ${principal.name} (role ${principal.role}) has ${ROLE_PERMISSIONS[principal.role].join(", ")}`,
     );
   }
+}
+
+/** The caller of an RPC, or UNAUTHENTICATED / PERMISSION_DENIED naming what is missing. */
+export function authorize(tokens: TokenStore | undefined, metadata: Metadata, service: string, method: string): Principal {
+  const principal = authenticate(tokens, metadata);
+  requirePermission(principal, service, method);
   return principal;
 }

@@ -31,9 +31,11 @@ import { HealthImplementation } from "grpc-health-check";
 import { context, propagation, ROOT_CONTEXT, SpanKind, type TextMapGetter } from "@opentelemetry/api";
 import { fileDescriptorProtos } from "@aspen/proto";
 import {
-  authorize,
+  authenticate,
   clientSecurityFromEnv,
   loadSecurityConfig,
+  permissionFor,
+  requirePermission,
   type ClientSecurity,
   type Principal,
   type SecurityConfig,
@@ -120,12 +122,38 @@ export function principalOf(call: object): Principal | undefined {
   return principals.get(call);
 }
 
+/** One state-changing call, for the control audit trail. */
+export interface ControlAuditEntry {
+  at: Date;
+  actor: string;
+  role: string;
+  /** "<service>/<method>". */
+  method: string;
+  /** The schedule, job, worker or group id the request names. */
+  target: string;
+  /** "OK", or "<STATUS>: <message>". */
+  outcome: string;
+}
+
+/** The id a request acts on (the first of the usual id fields it carries). */
+function targetOf(request: unknown): string {
+  const r = (request ?? {}) as Record<string, unknown>;
+  for (const key of ["scheduleId", "jobId", "workerId", "name"]) {
+    if (typeof r[key] === "string" && r[key]) return r[key] as string;
+  }
+  const group = r.group as { name?: unknown } | undefined;
+  if (typeof group?.name === "string") return group.name;
+  const spec = r.spec as { name?: unknown } | undefined;
+  return Array.isArray(r.jobIds) ? (r.jobIds as string[]).join(",") : typeof spec?.name === "string" ? spec.name : "";
+}
+
 function adapt(
   serviceName: string,
   definition: ServiceDefinition,
   impl: Record<string, (...args: never[]) => unknown>,
   log: Logger,
   security: SecurityConfig,
+  audit: ((entry: ControlAuditEntry) => void) | undefined,
 ): UntypedServiceImplementation {
   const out: UntypedServiceImplementation = {};
   for (const [key, method] of Object.entries(definition)) {
@@ -151,7 +179,24 @@ function adapt(
       );
     // Authentication and permission come first, before any handler code runs.
     const admit = (call: { metadata: Metadata }) => {
-      principals.set(call, authorize(security.tokens, call.metadata, serviceName, methodName));
+      // Known before the permission check, so a refusal is audited with its caller.
+      const principal = authenticate(security.tokens, call.metadata);
+      principals.set(call, principal);
+      requirePermission(principal, serviceName, methodName);
+    };
+    // State-changing calls (and refusals of them) go to the control audit trail.
+    const permission = permissionFor(methodName);
+    const audited = audit && (permission === "operate" || permission === "admin");
+    const record = (call: ServerUnaryCall<unknown, unknown>, outcome: string) => {
+      const who = principals.get(call);
+      audit?.({
+        at: new Date(),
+        actor: who?.name ?? "unauthenticated",
+        role: who?.role ?? "",
+        method: spanName,
+        target: targetOf(call.request),
+        outcome,
+      });
     };
     if (!method.requestStream && !method.responseStream) {
       out[key] = ((call: ServerUnaryCall<unknown, unknown>, callback: (e: unknown, r?: unknown) => void) => {
@@ -160,8 +205,15 @@ function adapt(
           checkDecoded(call.request);
           return handler(call.request, call) as Promise<unknown>;
         }).then(
-          (res) => callback(null, res),
-          (err) => callback(report(err)),
+          (res) => {
+            if (audited) record(call, "OK");
+            callback(null, res);
+          },
+          (err) => {
+            const mapped = report(err);
+            if (audited) record(call, `${status[mapped.code] ?? mapped.code}: ${mapped.details}`);
+            callback(mapped);
+          },
         );
       }) as handleUnaryCall<unknown, unknown>;
     } else if (!method.requestStream && method.responseStream) {
@@ -211,6 +263,8 @@ export interface GrpcServerOptions {
   services: ServiceBinding<any>[];
   /** Authentication and TLS. Default: from the environment (auth.ts, loadSecurityConfig). */
   security?: SecurityConfig;
+  /** Receives every state-changing call (operate/admin permission) and its outcome. */
+  audit?: (entry: ControlAuditEntry) => void;
 }
 
 /** A gRPC server with reflection and health. `start()` binds; `close()` drains, then forces. */
@@ -233,7 +287,7 @@ export class GrpcServer {
     for (const svc of options.services) {
       this.server.addService(
         tolerantDefinition(svc.definition),
-        adapt(svc.name, svc.definition, svc.implementation as Record<string, never>, options.log, this.security),
+        adapt(svc.name, svc.definition, svc.implementation as Record<string, never>, options.log, this.security, options.audit),
       );
       statuses[svc.name] = "SERVING";
     }

@@ -46,6 +46,7 @@ export {
   type AsyncService,
   type GrpcServerOptions,
   type ServiceBinding,
+  type ControlAuditEntry,
 } from "./grpc.js";
 export {
   authorize,

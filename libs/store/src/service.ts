@@ -4,8 +4,13 @@
  */
 import { randomBytes } from "node:crypto";
 import { hostname } from "node:os";
-import { startTelemetry, type Logger, type Telemetry } from "@aspen/runtime";
+import { ControlAuditRecord } from "@aspen/proto";
+import { startTelemetry, type ControlAuditEntry, type Logger, type Telemetry } from "@aspen/runtime";
+import { AppendOnlyLog } from "./append-log.js";
 import { Store } from "./store.js";
+
+/** The append-only stream of state-changing calls to every control service. */
+export const CONTROL_AUDIT_STREAM = "ASPEN_CONTROL_AUDIT";
 
 export interface ControlServiceConfig {
   ASPEN_LOG_LEVEL: string;
@@ -21,6 +26,10 @@ export interface ControlService {
   replicaId: string;
   telemetry: Telemetry;
   store: Store;
+  /** The control audit trail (read by the job-manager's ListControlAudit). */
+  controlAudit: AppendOnlyLog<ControlAuditRecord>;
+  /** Pass to GrpcServer's `audit`: appends each state-changing call to the trail. */
+  audit: (entry: ControlAuditEntry) => void;
 }
 
 /** Starts telemetry and connects to NATS for service `name` ("scheduler", "job-manager", ...). */
@@ -38,5 +47,13 @@ export async function openControlService(name: string, config: ControlServiceCon
     replicas: config.ASPEN_BUCKET_REPLICAS,
     log,
   });
-  return { replicaId, telemetry, store };
+  const controlAudit = await AppendOnlyLog.open(store.nc, {
+    stream: CONTROL_AUDIT_STREAM,
+    subjects: ["aspen.control.>"],
+    codec: ControlAuditRecord,
+    replicas: config.ASPEN_BUCKET_REPLICAS,
+    log,
+  });
+  const audit = (entry: ControlAuditEntry) => controlAudit.append(`aspen.control.${name}`, { sequence: 0, ...entry });
+  return { replicaId, telemetry, store, controlAudit, audit };
 }

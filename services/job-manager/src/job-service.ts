@@ -1,12 +1,23 @@
 /** aspen.v1.JobService over the JobManager: request checks and streaming live here, decisions in JobManager. */
-import { JobServiceService, type Job, type JobServiceServer } from "@aspen/proto";
+import { JobServiceService, type ControlAuditRecord, type Job, type JobServiceServer } from "@aspen/proto";
 import { bindService, durationToMs, InvalidArgumentError, principalOf, type ServiceBinding } from "@aspen/runtime";
 import { isTerminal } from "@aspen/model";
+import type { AppendOnlyLog } from "@aspen/store";
 import type { JobManager } from "./job-manager.js";
 import { outputStreamHandlers } from "./output-stream.js";
 
-export function jobService(jobs: JobManager): ServiceBinding<JobServiceServer> {
+const MAX_CONTROL_AUDIT = 1000;
+
+export function jobService(jobs: JobManager, controlAudit: AppendOnlyLog<ControlAuditRecord>): ServiceBinding<JobServiceServer> {
   return bindService<JobServiceServer>("aspen.v1.JobService", JobServiceService, {
+    listControlAudit: async (req) => {
+      if (req.limit > MAX_CONTROL_AUDIT) throw new InvalidArgumentError("limit", `must be at most ${MAX_CONTROL_AUDIT}`);
+      const found = await controlAudit.newest(
+        req.limit || 100,
+        (r) => (!req.target || r.target === req.target) && (!req.actor || r.actor === req.actor),
+      );
+      return { records: found.map(({ sequence, record }) => ({ ...record, sequence })) };
+    },
     submitJob: (req, call) => jobs.submit(req, principalOf(call)?.name),
     getJob: (req) => jobs.get(req.jobId),
     listJobs: async (req) => jobs.list(req),

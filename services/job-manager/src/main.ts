@@ -22,7 +22,7 @@ const log = createLogger("job-manager");
 
 await runMain(log, async () => {
   const config = loadJobManagerConfig();
-  const { replicaId, telemetry, store } = await openControlService("job-manager", config, log);
+  const { replicaId, telemetry, store, controlAudit, audit } = await openControlService("job-manager", config, log);
   configureOutputStream(store.nc);
   const coordinator = createClient(CoordinatorServiceClient, config.ASPEN_COORDINATOR_ADDR);
   const placeTime = meter().createHistogram("aspen.job_manager.place_duration", {
@@ -80,10 +80,11 @@ await runMain(log, async () => {
     },
   );
   const server = new GrpcServer({
+    audit,
     host: config.ASPEN_GRPC_HOST,
     port: config.ASPEN_GRPC_PORT,
     log,
-    services: [jobService(jobs)],
+    services: [jobService(jobs, controlAudit)],
   });
   const port = await server.start();
   log.info({ port, replica: replicaId, metricsPort: config.ASPEN_METRICS_PORT || undefined }, "job-manager ready");

@@ -12,7 +12,7 @@ const log = createLogger("scheduler");
 
 await runMain(log, async () => {
   const config = loadSchedulerConfig();
-  const { replicaId, telemetry, store } = await openControlService("scheduler", config, log);
+  const { replicaId, telemetry, store, controlAudit, audit } = await openControlService("scheduler", config, log);
   const jobManager = createClient(JobServiceClient, config.ASPEN_JOB_MANAGER_ADDR);
   const scheduler = new Scheduler({
     schedules: await store.bucket("aspen_schedules", Schedule),
@@ -48,6 +48,7 @@ await runMain(log, async () => {
     [scheduler.isLeading ? 1 : 0, { replica: replicaId }],
   ]);
   const server = new GrpcServer({
+    audit,
     host: config.ASPEN_GRPC_HOST,
     port: config.ASPEN_GRPC_PORT,
     log,
