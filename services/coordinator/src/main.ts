@@ -10,7 +10,7 @@ const log = createLogger("coordinator");
 
 await runMain(log, async () => {
   const config = loadCoordinatorConfig();
-  const { replicaId, telemetry, store, controlAudit, audit } = await openControlService("coordinator", config, log);
+  const { replicaId, telemetry, store, audit } = await openControlService("coordinator", config, log);
   const jobManager = createClient(JobServiceClient, config.ASPEN_JOB_MANAGER_ADDR);
   // Placement time: choosing a worker and handing it the attempt (Coordinator.place).
   const placeTime = meter().createHistogram("aspen.coordinator.placement_duration", {

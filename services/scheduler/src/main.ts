@@ -12,7 +12,7 @@ const log = createLogger("scheduler");
 
 await runMain(log, async () => {
   const config = loadSchedulerConfig();
-  const { replicaId, telemetry, store, controlAudit, audit } = await openControlService("scheduler", config, log);
+  const { replicaId, telemetry, store, audit } = await openControlService("scheduler", config, log);
   const jobManager = createClient(JobServiceClient, config.ASPEN_JOB_MANAGER_ADDR);
   const scheduler = new Scheduler({
     schedules: await store.bucket("aspen_schedules", Schedule),
