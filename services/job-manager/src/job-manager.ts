@@ -34,6 +34,7 @@ import {
   durationToMs,
   FailedPreconditionError,
   InvalidArgumentError,
+  isRetryable,
   msToDuration,
   NotFoundError,
   PermissionDeniedError,
@@ -472,6 +473,7 @@ export class JobManager {
    */
   async report(events: AttemptEvent[], notHeld: ReadonlySet<number> = new Set()): Promise<string[]> {
     const refusals: string[] = events.map(() => "");
+    let transient: unknown;
     // Events of one job (a short job's "started" and "finished" often arrive together)
     // are applied in order in a single compare-and-set.
     const byJob = new Map<string, number[]>();
@@ -524,11 +526,18 @@ export class JobManager {
               .catch((err: unknown) => this.log.warn({ job: jobId, err: (err as Error).message }, "late cancel failed"));
           }
         } catch (err) {
+          // NATS unreachable or electing a leader: not a refusal. The whole report fails so
+          // the coordinator sends it again (an event already applied is then a no-op).
+          if (isRetryable(err)) {
+            transient ??= err;
+            return;
+          }
           for (const i of indexes) refusals[i] ||= err instanceof Error ? err.message : String(err);
         }
         if (freed) this.dispatcher.capacityFreed();
       }),
     );
+    if (transient) throw transient;
     refusals.forEach((reason, i) => {
       const e = events[i]!;
       if (reason) this.log.warn({ job: e.jobId, attempt: e.attempt, worker: e.workerId, reason }, "attempt event refused");
@@ -558,7 +567,8 @@ export class JobManager {
           freesSlot: false,
           change: (job) => {
             fence(job);
-            if (job.state === S.JOB_STATE_RUNNING) return undefined;
+            // Already running, or already past it (a report sent again): nothing to do.
+            if (job.state === S.JOB_STATE_RUNNING || reportedEnd(job, event)) return undefined;
             return transition(job, S.JOB_STATE_RUNNING, {
               actor,
               at: this.clock(),
@@ -575,6 +585,7 @@ export class JobManager {
           freesSlot: true,
           change: (job) => {
             fence(job);
+            if (reportedEnd(job, event)) return undefined; // the same report, delivered again
             const [to, reason] = outcome(result, job);
             const ended = transition(job, to, {
               actor,
@@ -886,6 +897,14 @@ export class JobManager {
     if (previous !== entry.value.state) this.react(entry.value);
   }
 }
+
+/** True when this attempt's end was already applied from the same worker (a report sent again). */
+function reportedEnd(job: Job, event: AttemptEvent): boolean {
+  const actor = `agent:${event.workerId}`;
+  return job.history.some((h) => h.attempt === event.attempt && h.actor === actor && ENDS.has(h.to));
+}
+
+const ENDS = new Set([S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED, S.JOB_STATE_TIMED_OUT, S.JOB_STATE_CANCELLED]);
 
 function exitSummary(result: AttemptResult | undefined): string {
   if (!result) return "no result";
