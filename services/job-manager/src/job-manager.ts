@@ -112,6 +112,8 @@ export class JobManager {
   private readonly random: () => number;
   private readonly log: Logger;
   private maintenanceTimer: NodeJS.Timeout | undefined;
+  /** When a write to the store last failed for a reason other than a lost race, ms. */
+  private storeTroubleAtMs = -Infinity;
   private closed = false;
 
   constructor(private readonly options: JobManagerOptions) {
@@ -530,6 +532,7 @@ export class JobManager {
           // the coordinator sends it again (an event already applied is then a no-op).
           if (isRetryable(err)) {
             transient ??= err;
+            this.storeTroubleAtMs = this.clock().getTime();
             return;
           }
           for (const i of indexes) refusals[i] ||= err instanceof Error ? err.message : String(err);
@@ -823,7 +826,11 @@ export class JobManager {
   private async maintain(): Promise<void> {
     const now = this.clock().getTime();
     const jobs = [...this.index.values()].map((e) => e.value);
-    for (const job of stuckAssignments(jobs, now, this.options.assignTimeoutMs)) {
+    // While our own store was failing, start reports could not be written either:
+    // an assignment is declared lost only after a whole timeout of a working store.
+    const stuck =
+      now - this.storeTroubleAtMs < this.options.assignTimeoutMs ? [] : stuckAssignments(jobs, now, this.options.assignTimeoutMs);
+    for (const job of stuck) {
       await this.write(job.id, (j) =>
         j.state === S.JOB_STATE_ASSIGNED && j.attempt === job.attempt
           ? this.afterFailure(
@@ -881,7 +888,10 @@ export class JobManager {
         this.remember({ key: id, value: next, revision });
         return next;
       } catch (err) {
-        if (!(err instanceof ConflictError)) throw err;
+        if (!(err instanceof ConflictError)) {
+          this.storeTroubleAtMs = this.clock().getTime();
+          throw err;
+        }
         const fresh = await this.options.jobs.get(id);
         if (fresh) this.index.set(id, fresh);
         else this.index.delete(id);

@@ -432,7 +432,10 @@ export class Scheduler {
     const previous = this.tails.get(id) ?? Promise.resolve();
     const next = previous.then(work).catch((err: unknown) => {
       if (err instanceof NotFoundError) return;
-      this.log.error({ schedule: id, err: (err as Error).message }, "schedule task failed");
+      this.log.error({ schedule: id, err: (err as Error).message }, "schedule task failed; reconciling it again shortly");
+      // Whatever failed (NATS unreachable mid-fire or mid-catch-up), the schedule is
+      // taken up again from its stored state, so it is never left unarmed.
+      this.retryLater(id);
     });
     this.tails.set(id, next);
     this.inFlight.add(next);
@@ -509,28 +512,35 @@ export class Scheduler {
     const status = statusOf(armed.record.value);
     if (status.nextFireAt?.getTime() !== dueMs) return; // re-armed or moved meanwhile
     try {
-      if (dueMs < this.clock() - this.graceMs) {
+      // Recorded as firing by an earlier try that failed after (the job may exist):
+      // finish that fire (the same job id), however late, never count it missed.
+      if (status.firingAt?.getTime() === dueMs) {
+        await this.fire(id, dueMs, "recover");
+      } else if (dueMs < this.clock() - this.graceMs) {
         await this.catchUp(id, dueMs - 1);
         return;
+      } else {
+        await this.fire(id, dueMs, "schedule");
       }
-      await this.fire(id, dueMs, "schedule");
     } catch (err) {
       if (err instanceof NotFoundError) return;
-      // NATS unreachable or electing a leader: the instant is not advanced, so it is
-      // retried (and, once older than the grace, handled by the catch-up policy).
+      // NATS unreachable or electing a leader: taken up again from the stored state
+      // (an instant recorded as firing is finished; one not yet recorded and older than
+      // the grace follows the catch-up policy).
       this.log.warn(
         { schedule: id, nominal: new Date(dueMs).toISOString(), err: (err as Error).message },
         "fire failed; retrying",
       );
-      this.retryDue(id, dueMs);
+      this.retryLater(id);
       return;
     }
     this.armNext(id);
   }
 
-  private retryDue(id: string, dueMs: number): void {
+  /** Reconciles the schedule from its stored state after FIRE_RETRY_MS (leader only). */
+  private retryLater(id: string): void {
     if (this.closed) return;
-    const timer = setTimeout(() => void this.chain(id, () => this.runDue(id, dueMs)), FIRE_RETRY_MS);
+    const timer = setTimeout(() => this.reconcile(id), FIRE_RETRY_MS);
     timer.unref();
   }
 
