@@ -13,12 +13,11 @@ import {
   JobState,
   ListJobsRequest,
   SchedulerServiceClient,
-  SubmitJobRequest,
   type Job,
 } from "@aspen/proto";
 import { createClient, unaryCall } from "@aspen/runtime";
 import { isTerminal } from "@aspen/model";
-import { sleep, startCluster, waitFor } from "@aspen/testkit";
+import { sleep, startCluster, startSubmitter, waitFor } from "@aspen/testkit";
 
 describe("NATS restart", () => {
   it("recovers without restarting any service when NATS is down for 6 s", async () => {
@@ -38,37 +37,15 @@ describe("NATS restart", () => {
           job: { exec: { command: "echo", args: ["beat"] } },
         }),
       );
-      const acked = new Set<string>();
-      let failedCalls = 0;
-      let submitting = true;
-      const submitter = (async () => {
-        for (let n = 0; submitting; n++) {
-          const id = `r-${String(n).padStart(4, "0")}`;
-          for (;;) {
-            try {
-              await unaryCall(
-                jobs.submitJob.bind(jobs),
-                SubmitJobRequest.fromPartial({ jobId: id, spec: { exec: { command: "echo", args: [id] } } }),
-                { deadlineMs: 3_000 },
-              );
-              acked.add(id);
-              break;
-            } catch {
-              failedCalls++;
-              await sleep(250);
-            }
-          }
-          await sleep(200);
-        }
-      })();
+      const submitter = startSubmitter(jobs, { prefix: "r", pauseMs: 200, retryMs: 250 });
+      const acked = submitter.acked;
       await sleep(4_000);
       await cluster.nats.kill();
       await sleep(6_000);
       await cluster.nats.restart();
       const backAt = Date.now();
       await sleep(10_000);
-      submitting = false;
-      await submitter;
+      await submitter.stop();
       await unaryCall(schedules.pauseSchedule.bind(schedules), { scheduleId: "beat", note: "test over" });
 
       const list = async (req: Partial<ListJobsRequest>): Promise<Job[]> =>
@@ -82,7 +59,7 @@ describe("NATS restart", () => {
         60_000,
         250,
       );
-      expect(failedCalls).toBeGreaterThan(0); // NATS really was gone for the client
+      expect(submitter.failedCalls()).toBeGreaterThan(0); // NATS really was gone for the client
       expect(new Set(streamed.map((j) => j.id))).toEqual(acked);
       for (const job of streamed) {
         expect({ id: job.id, state: JobState[job.state] }).toEqual({ id: job.id, state: "JOB_STATE_SUCCEEDED" });
@@ -112,7 +89,7 @@ describe("NATS restart", () => {
       expect(instants[instants.length - 1]!).toBeGreaterThan(backAt + 5_000); // fires again
       const firstAfter = instants.find((t) => t > backAt);
       console.log(
-        `nats restart: ${acked.size} submissions acknowledged (${failedCalls} calls failed while NATS was down and were retried), ` +
+        `nats restart: ${acked.size} submissions acknowledged (${submitter.failedCalls()} calls failed while NATS was down and were retried), ` +
           `each ran once; schedule ${instants.length} fires + ${missed} missed over ${span} s, ` +
           `first fire ${firstAfter === undefined ? "never" : `${firstAfter - backAt} ms`} after NATS was back`,
       );

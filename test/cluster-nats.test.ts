@@ -16,7 +16,6 @@ import {
   JobState,
   ListJobsRequest,
   SchedulerServiceClient,
-  SubmitJobRequest,
   type Job,
 } from "@aspen/proto";
 import { createClient, unaryCall } from "@aspen/runtime";
@@ -26,6 +25,7 @@ import {
   sleep,
   startNatsCluster,
   startService,
+  startSubmitter,
   waitFor,
   waitHealthy,
   type NatsCluster,
@@ -148,27 +148,8 @@ describe("3-node NATS cluster, buckets at R3, one node SIGKILLed for 10 s", () =
     );
 
     // A client submitting one job every 100 ms; a failed call is retried with the same id until acknowledged.
-    let submitting = true;
-    const submitter = (async () => {
-      for (let n = 0; submitting; n++) {
-        const id = `stream-${String(n).padStart(4, "0")}`;
-        for (;;) {
-          try {
-            await unaryCall(
-              jobs.submitJob.bind(jobs),
-              SubmitJobRequest.fromPartial({ jobId: id, spec: { exec: { command: "echo", args: [id] } } }),
-              { deadlineMs: 3_000 },
-            );
-            run.acked.add(id);
-            break;
-          } catch {
-            run.failedCalls++;
-            await sleep(200);
-          }
-        }
-        await sleep(100);
-      }
-    })();
+    const submitter = startSubmitter(jobs, { prefix: "stream", pauseMs: 100, retryMs: 200 });
+    run.acked = submitter.acked;
 
     await sleep(6_000);
     // The node leading the jobs bucket goes: the worst one to lose.
@@ -185,8 +166,8 @@ describe("3-node NATS cluster, buckets at R3, one node SIGKILLed for 10 s", () =
     run.downMs = Date.now() - killedAt;
     run.backAt = Date.now();
     await sleep(8_000);
-    submitting = false;
-    await submitter;
+    await submitter.stop();
+    run.failedCalls = submitter.failedCalls();
     await unaryCall(schedules.pauseSchedule.bind(schedules), { scheduleId: "tick", note: "test over" });
     await sleep(1_500);
   }, 150_000);

@@ -9,7 +9,7 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { HealthCheckResponse_ServingStatus, HealthClient } from "@aspen/proto";
+import { HealthCheckResponse_ServingStatus, HealthClient, SubmitJobRequest, type JobServiceClient } from "@aspen/proto";
 import { createClient, hashToken, newToken, unaryCall } from "@aspen/runtime";
 
 /** The repository root (this file is libs/testkit/dist/index.js). */
@@ -678,4 +678,52 @@ export async function startNatsCluster(options: NatsClusterOptions = {}): Promis
     await cluster[Symbol.asyncDispose]();
     throw err;
   }
+}
+
+export interface Submitter {
+  /** Ids the job-manager acknowledged. */
+  acked: Set<string>;
+  /** Calls that failed (and were retried with the same id). */
+  failedCalls(): number;
+  /** Stops submitting and waits for the call in flight. */
+  stop(): Promise<void>;
+}
+
+/**
+ * A client submitting `echo <id>` jobs ("<prefix>-0000", ...) one after the
+ * other, `pauseMs` apart; a failed call is retried with the same id after
+ * `retryMs` until acknowledged — what a careful client does through an outage.
+ */
+export function startSubmitter(jobs: JobServiceClient, options: { prefix: string; pauseMs: number; retryMs: number }): Submitter {
+  const acked = new Set<string>();
+  let failed = 0;
+  let submitting = true;
+  const loop = (async () => {
+    for (let n = 0; submitting; n++) {
+      const id = `${options.prefix}-${String(n).padStart(4, "0")}`;
+      for (;;) {
+        try {
+          await unaryCall(
+            jobs.submitJob.bind(jobs),
+            SubmitJobRequest.fromPartial({ jobId: id, spec: { exec: { command: "echo", args: [id] } } }),
+            { deadlineMs: 3_000 },
+          );
+          acked.add(id);
+          break;
+        } catch {
+          failed++;
+          await sleep(options.retryMs);
+        }
+      }
+      await sleep(options.pauseMs);
+    }
+  })();
+  return {
+    acked,
+    failedCalls: () => failed,
+    async stop() {
+      submitting = false;
+      await loop;
+    },
+  };
 }
