@@ -32,6 +32,9 @@
  *   BENCH_SHOW_LOGS=1         also print every warn/error line the services logged
  *   BENCH_NATS=single         "cluster": a 3-node nats-server cluster on loopback with every
  *                             bucket at 3 replicas (ASPEN_BUCKET_REPLICAS=3) instead of one node
+ *   BENCH_NATS_SYNC=          "always": JetStream fsyncs every write (`sync_interval: always`);
+ *                             needs nats-server ≥ 2.10 — scripts/fetch-nats-server.sh unpacks one,
+ *                             point ASPEN_NATS_SERVER_BIN at it
  */
 import { execFileSync, spawn } from "node:child_process";
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
@@ -47,7 +50,7 @@ import {
   WorkerHealth,
 } from "@aspen/proto";
 import { createClient, unaryCall } from "@aspen/runtime";
-import { freePort, sleep, startNats, startNatsCluster, startService, waitFor, waitHealthy } from "@aspen/testkit";
+import { freePort, natsServerBin, sleep, startNats, startNatsCluster, startService, waitFor, waitHealthy } from "@aspen/testkit";
 
 // ---------------------------------------------------------------------------
 // Parameters
@@ -71,6 +74,9 @@ const SHOW_LOGS = process.env.BENCH_SHOW_LOGS === "1";
 const NATS_MODE = process.env.BENCH_NATS || "single";
 if (NATS_MODE !== "single" && NATS_MODE !== "cluster")
   throw new Error(`BENCH_NATS must be "single" or "cluster", got ${JSON.stringify(NATS_MODE)}`);
+const NATS_SYNC = process.env.BENCH_NATS_SYNC || "";
+if (NATS_SYNC !== "" && NATS_SYNC !== "always")
+  throw new Error(`BENCH_NATS_SYNC must be "always" or unset, got ${JSON.stringify(NATS_SYNC)}`);
 const AGENTS = 2;
 const SLOTS = 16;
 const COMMAND = "/bin/true";
@@ -158,7 +164,7 @@ function natsPid(storeDir) {
 
 function natsVersion() {
   try {
-    return execFileSync("nats-server", ["--version"], { encoding: "utf8" })
+    return execFileSync(natsServerBin(), ["--version"], { encoding: "utf8" })
       .trim()
       .replace(/^nats-server:\s*/, "");
   } catch {
@@ -346,7 +352,7 @@ async function startCluster(workDir) {
   // One node, or three with R3 buckets; either way: url (for ASPEN_NATS_SERVERS), pids, stop.
   let nats;
   if (NATS_MODE === "cluster") {
-    const c = await startNatsCluster({ size: 3 });
+    const c = await startNatsCluster({ size: 3, jetstreamExtra: NATS_SYNC ? `sync_interval: ${NATS_SYNC}` : undefined });
     cleanups.push(() => c[Symbol.asyncDispose]());
     nats = {
       url: c.urls.join(","),
@@ -355,7 +361,7 @@ async function startCluster(workDir) {
       stop: () => Promise.all(c.nodes.map((n) => n.stop())),
     };
   } else {
-    const n = await startNats();
+    const n = await startNats(NATS_SYNC ? { config: `jetstream { sync_interval: ${NATS_SYNC} }\n` } : {});
     cleanups.push(() => n[Symbol.asyncDispose]());
     nats = { url: n.url, replicas: "1", pids: () => ({ "nats-server": natsPid(n.storeDir) }), stop: () => n.stop() };
   }
@@ -725,7 +731,7 @@ async function main() {
     "=== Aspen end-to-end benchmark ===",
     `machine:        ${machine}`,
     `versions:       ${versions}`,
-    `nats:           ${NATS_MODE === "cluster" ? "3-node cluster on loopback, buckets at 3 replicas (BENCH_NATS=cluster)" : "one node, buckets at 1 replica"}`,
+    `nats:           ${NATS_MODE === "cluster" ? "3-node cluster on loopback, buckets at 3 replicas (BENCH_NATS=cluster)" : "one node, buckets at 1 replica"}${NATS_SYNC ? ", sync_interval: always (fsync per write)" : ", default sync (fsync every 2 min)"}`,
     `run:            ${JOBS} × ${COMMAND} via JobService.SubmitJob (${IN_FLIGHT} in flight), ${AGENTS} agents × ${SLOTS} slots` +
       (WARMUP ? `, after ${WARMUP} warm-up jobs (not counted)` : ""),
     "",

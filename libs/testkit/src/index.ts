@@ -76,6 +76,15 @@ export interface NatsServer extends AsyncDisposable {
   stop(): Promise<void>;
 }
 
+/**
+ * The nats-server binary tests and benches start: `ASPEN_NATS_SERVER_BIN` when set
+ * (e.g. the 2.10 build `scripts/fetch-nats-server.sh` unpacks, which accepts
+ * `sync_interval`), else `nats-server` on the PATH (Debian 12: 2.9.10).
+ */
+export function natsServerBin(): string {
+  return process.env.ASPEN_NATS_SERVER_BIN || "nats-server";
+}
+
 /** Starts `nats-server -js` on a free loopback port with its own store folder. */
 export async function startNats(options: { config?: string } = {}): Promise<NatsServer> {
   const dir = mkdtempSync(join(tmpdir(), "aspen-nats-"));
@@ -88,7 +97,7 @@ export async function startNats(options: { config?: string } = {}): Promise<Nats
   const launch = async () => {
     const args = ["-js", "-sd", storeDir, "-a", "127.0.0.1", "-p", String(port || -1), "--ports_file_dir", dir];
     if (configFile) args.unshift("-c", configFile);
-    child = spawn("nats-server", args, { stdio: ["ignore", "ignore", "pipe"] });
+    child = spawn(natsServerBin(), args, { stdio: ["ignore", "ignore", "pipe"] });
     let stderr = "";
     child.stderr?.on("data", (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
     const spawnError = new Promise<never>((_, reject) =>
@@ -591,7 +600,7 @@ export async function startNatsCluster(options: NatsClusterOptions = {}): Promis
         "",
       ].join("\n"),
     );
-    const child = spawn("nats-server", ["-c", conf], { stdio: ["ignore", "ignore", "pipe"] });
+    const child = spawn(natsServerBin(), ["-c", conf], { stdio: ["ignore", "ignore", "pipe"] });
     stderrTail[i] = "";
     child.stderr?.on("data", (d: Buffer) => (stderrTail[i] = ((stderrTail[i] ?? "") + d.toString()).slice(-4000)));
     child.once("error", () => undefined); // reported by the health wait (exitCode / no answer)
