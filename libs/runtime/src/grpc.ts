@@ -55,6 +55,16 @@ const channelOptions: ChannelOptions = {
   "grpc.keepalive_permit_without_calls": 1,
 };
 
+/**
+ * Clients spread calls over every address their target resolves to, and skip
+ * the ones that are down: a DNS name with several records (a scaled compose
+ * service) or an `ipv4:10.0.0.1:50052,10.0.0.2:50052` list reaches every replica.
+ */
+const clientChannelOptions: ChannelOptions = {
+  ...channelOptions,
+  "grpc.service_config": JSON.stringify({ loadBalancingConfig: [{ round_robin: {} }] }),
+};
+
 type KnownKeys<T> = keyof { [K in keyof T as string extends K ? never : K]: T[K] };
 
 /**
@@ -380,7 +390,7 @@ export function createClient<C extends Client>(
     ? credentials.createSsl(security.ca, security.key ?? null, security.cert ?? null)
     : credentials.createInsecure();
   const interceptors = security.token ? [traceInterceptor, bearerInterceptor(security.token)] : [traceInterceptor];
-  return new Ctor(address, creds, { ...channelOptions, interceptors });
+  return new Ctor(address, creds, { ...clientChannelOptions, interceptors });
 }
 
 type UnaryMethod<Req, Res> = (

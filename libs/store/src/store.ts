@@ -184,11 +184,19 @@ export class Bucket<T> {
     return [...out.values()];
   }
 
-  /** Calls `onChange` for every change after now (value undefined on delete) until the returned stop(). */
-  async watch(key: string, onChange: (key: string, value: Versioned<T> | undefined) => void): Promise<() => void> {
+  /**
+   * Calls `onChange` for every change after now (value undefined on delete) until the returned stop().
+   * `known(key, revision)` true skips a PUT before it is decoded (e.g. the echo of our own write).
+   */
+  async watch(
+    key: string,
+    onChange: (key: string, value: Versioned<T> | undefined) => void,
+    known?: (key: string, revision: number) => boolean,
+  ): Promise<() => void> {
     const watch = await this.kv.watch({ key, include: "updates" });
     void (async () => {
       for await (const entry of watch) {
+        if (known && entry.operation === "PUT" && known(entry.key, entry.revision)) continue;
         onChange(
           entry.key,
           entry.operation === "PUT"

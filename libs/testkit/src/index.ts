@@ -296,6 +296,11 @@ export interface ClusterOptions {
   scheduler?: boolean;
   /** Extra environment for the job-manager only. */
   jobManagerEnv?: Record<string, string>;
+  /**
+   * Job-manager replicas. Default 1. With more, the scheduler and the coordinator
+   * reach all of them through one `ipv4:` address list (calls spread, dead ones skipped).
+   */
+  jobManagers?: number;
   /** Extra environment per service (agents included), e.g. its NATS user. */
   serviceEnv?: (name: ServiceName) => Record<string, string>;
   /** Extra nats-server configuration (e.g. an authorization block). */
@@ -307,11 +312,13 @@ export interface Cluster extends AsyncDisposable {
   /** Undefined when started with `scheduler: false`. */
   scheduler: ServiceProcess;
   jobManager: ServiceProcess;
+  /** Every job-manager replica (the first is `jobManager`). */
+  jobManagers: ServiceProcess[];
   coordinator: ServiceProcess;
   agents: ServiceProcess[];
   /** Bearer tokens of each role (agents: one per agent, bound to its worker id). */
   tokens: ClusterTokens;
-  addr: { scheduler: string; jobManager: string; coordinator: string };
+  addr: { scheduler: string; jobManager: string; coordinator: string; jobManagers: string[] };
   /** Environment each service was started with (to restart one the same way). */
   envFor(name: "scheduler" | "job-manager" | "coordinator"): Record<string, string>;
   /** Starts (again) the named control service with its original environment and waits until it serves. */
@@ -327,7 +334,15 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
   const started: ServiceProcess[] = [];
   try {
     const [sp, jp, cp] = [await freePort(), await freePort(), await freePort()];
-    const addr = { scheduler: `127.0.0.1:${sp}`, jobManager: `127.0.0.1:${jp}`, coordinator: `127.0.0.1:${cp}` };
+    const extraJobManagerPorts: number[] = [];
+    for (let i = 1; i < (options.jobManagers ?? 1); i++) extraJobManagerPorts.push(await freePort());
+    const jobManagerAddrs = [jp, ...extraJobManagerPorts].map((p) => `127.0.0.1:${p}`);
+    const addr = {
+      scheduler: `127.0.0.1:${sp}`,
+      jobManager: jobManagerAddrs[0]!,
+      jobManagers: jobManagerAddrs,
+      coordinator: `127.0.0.1:${cp}`,
+    };
     const tokens = writeTokens(nats.storeDir, options.agents ?? 1);
     // This process's clients (createClient reads ASPEN_TOKEN) act as an admin.
     process.env.ASPEN_TOKEN = tokens.admin;
@@ -336,7 +351,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
       ASPEN_TOKEN: tokens.service,
       ASPEN_NATS_SERVERS: nats.url,
       ASPEN_GRPC_HOST: "127.0.0.1",
-      ASPEN_JOB_MANAGER_ADDR: addr.jobManager,
+      ASPEN_JOB_MANAGER_ADDR: jobManagerAddrs.length > 1 ? `ipv4:${jobManagerAddrs.join(",")}` : addr.jobManager,
       ASPEN_COORDINATOR_ADDR: addr.coordinator,
       ASPEN_LOG_LEVEL: "info",
       OTEL_SDK_DISABLED: "true",
@@ -354,10 +369,18 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
       await waitHealthy(addrOf[name], 20_000, proc);
       return proc;
     };
-    const [jobManager, coordinator, scheduler] = await Promise.all([
-      launch("job-manager"),
-      launch("coordinator"),
-      options.scheduler === false ? (undefined as unknown as ServiceProcess) : launch("scheduler"),
+    const extraJobManagers = extraJobManagerPorts.map((port, i) => {
+      const proc = startService("job-manager", { ...envs["job-manager"], ASPEN_GRPC_PORT: String(port) }, `job-manager-${i + 2}`);
+      started.push(proc);
+      return proc;
+    });
+    const [[jobManager, coordinator, scheduler]] = await Promise.all([
+      Promise.all([
+        launch("job-manager"),
+        launch("coordinator"),
+        options.scheduler === false ? (undefined as unknown as ServiceProcess) : launch("scheduler"),
+      ]),
+      Promise.all(extraJobManagers.map((proc, i) => waitHealthy(jobManagerAddrs[i + 1]!, 20_000, proc))),
     ]);
     const agents: ServiceProcess[] = [];
     for (let i = 0; i < (options.agents ?? 1); i++) {
@@ -391,6 +414,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
       nats,
       scheduler,
       jobManager,
+      jobManagers: [jobManager, ...extraJobManagers],
       coordinator,
       agents,
       addr,
@@ -398,7 +422,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
       async restart(name) {
         const proc = await launch(name);
         if (name === "scheduler") cluster.scheduler = proc;
-        if (name === "job-manager") cluster.jobManager = proc;
+        if (name === "job-manager") cluster.jobManager = cluster.jobManagers[0] = proc;
         if (name === "coordinator") cluster.coordinator = proc;
         return proc;
       },

@@ -8,6 +8,11 @@ export const JobManagerConfigSchema = z.object({
   ASPEN_COORDINATOR_ADDR: env.string("127.0.0.1:50053"),
   /** Placements in flight at once. */
   ASPEN_DISPATCH_CONCURRENCY: env.int(64, 1, 4096),
+  /**
+   * Replicas: a job another job-manager replica queued is dispatched here only once it
+   * has been queued this long (that replica died or is saturated). Its own jobs go at once.
+   */
+  ASPEN_DISPATCH_TAKEOVER: env.durationMs("5s"),
   /** Wait before retrying a job that could not be placed. */
   ASPEN_DISPATCH_RETRY: env.durationMs("1s"),
   /** A queued job's priority class rises by one for every this long it waits (LOW never starves). */

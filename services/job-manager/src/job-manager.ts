@@ -80,6 +80,13 @@ export interface JobManagerOptions {
   retention: RetentionPolicy;
   /** How often retention and assignment timeouts are checked, ms. */
   maintenanceIntervalMs: number;
+  /**
+   * Replicas: a job another replica queued is dispatched here only once it has
+   * waited this long (that replica died or is saturated), ms. Default 5000.
+   */
+  takeoverMs?: number;
+  /** This replica's name, stamped on every version it writes (Job.writer). */
+  replicaId?: string;
   clock?: () => Date;
   random?: () => number;
   /** Called with the stdout + stderr bytes of every reported finished attempt (metrics). */
@@ -111,7 +118,10 @@ export class JobManager {
   private readonly clock: () => Date;
   private readonly random: () => number;
   private readonly log: Logger;
+  private readonly takeoverMs: number;
+  private readonly replicaId: string;
   private maintenanceTimer: NodeJS.Timeout | undefined;
+  private stopFollowing: (() => void) | undefined;
   /** When a write to the store last failed for a reason other than a lost race, ms. */
   private storeTroubleAtMs = -Infinity;
   private closed = false;
@@ -120,6 +130,8 @@ export class JobManager {
     this.clock = options.clock ?? (() => new Date());
     this.random = options.random ?? Math.random;
     this.log = options.log;
+    this.takeoverMs = options.takeoverMs ?? 5000;
+    this.replicaId = options.replicaId ?? "";
     this.dispatcher = new Dispatcher((id) => this.dispatchOne(id), {
       concurrency: options.dispatchConcurrency,
       retryDelayMs: options.retryDelayMs,
@@ -128,10 +140,19 @@ export class JobManager {
     });
   }
 
-  /** Rebuilds the index, dependencies and the queue from KV, in the order jobs were queued. */
+  /**
+   * Rebuilds the index, dependencies and the queue from KV, in the order jobs
+   * were queued, then follows the bucket: what other replicas write reaches the
+   * index (ListJobs, stats, WatchJob, dependants, their queued jobs after takeoverMs).
+   */
   async start(): Promise<void> {
+    this.stopFollowing = await this.options.jobs.watch(
+      ">",
+      (key, entry) => this.onStored(key, entry),
+      (key, revision) => (this.index.get(key)?.revision ?? 0) >= revision,
+    );
     const all = await this.options.jobs.all();
-    for (const entry of all) this.index.set(entry.key, entry);
+    for (const entry of all) if ((this.index.get(entry.key)?.revision ?? 0) < entry.revision) this.index.set(entry.key, entry);
     const byQueueTime = [...all].sort((a, b) => queuedSince(a.value) - queuedSince(b.value));
     for (const entry of byQueueTime) this.react(entry.value);
     const queued = all.filter((e) => e.value.state === S.JOB_STATE_QUEUED).length;
@@ -142,6 +163,7 @@ export class JobManager {
 
   async close(): Promise<void> {
     this.closed = true;
+    this.stopFollowing?.();
     clearInterval(this.maintenanceTimer);
     for (const timer of this.delays.values()) clearTimeout(timer);
     this.delays.clear();
@@ -225,7 +247,7 @@ export class JobManager {
       notBefore: request.notBefore,
       ...extra,
     });
-    const job = transition(draft, waits ? S.JOB_STATE_PENDING : S.JOB_STATE_QUEUED, {
+    const job = transition({ ...draft, writer: this.replicaId }, waits ? S.JOB_STATE_PENDING : S.JOB_STATE_QUEUED, {
       actor: request.scheduleId ? "scheduler" : "client",
       at: now,
       reason: waits ? waitReason(spec, request.notBefore, extra.children?.length ?? 0) : "waiting for a worker",
@@ -671,14 +693,19 @@ export class JobManager {
         { parent: contextFromTraceparent(current.traceparent), attributes: { [Attr.jobId]: id, [Attr.attempt]: attempt } },
         async (span) => {
           const now = this.clock();
-          await this.writeLocked(id, (j) =>
-            transition(j, S.JOB_STATE_ASSIGNED, {
+          // Another replica may reserve this attempt first (its CAS wins): then it is theirs.
+          let reserved = false;
+          await this.writeLocked(id, (j) => {
+            reserved = j.state === S.JOB_STATE_QUEUED && j.attempt === attempt - 1;
+            if (!reserved) return undefined;
+            return transition(j, S.JOB_STATE_ASSIGNED, {
               actor: "job-manager",
               at: now,
               reason: `placing attempt ${attempt}`,
               patch: { attempt, workerId: "", assignedAt: now, startedAt: undefined, finishedAt: undefined },
-            }),
-          );
+            });
+          });
+          if (!reserved) return "gone";
           try {
             const workerId = await this.options.placer.place({
               jobId: id,
@@ -722,11 +749,15 @@ export class JobManager {
 
   // ---- reacting to changes ----------------------------------------------
 
-  /** Moves a job on after any change: queue or delay it, track or release its dependencies. */
-  private react(job: Job): void {
+  /**
+   * Moves a job on after any change: queue or delay it, track or release its dependencies.
+   * `foreign`: written by another replica, whose queued jobs this one takes only after takeoverMs.
+   */
+  private react(job: Job, foreign = false): void {
     if (this.closed) return;
     const now = this.clock().getTime();
-    const notBefore = job.notBefore?.getTime() ?? 0;
+    let notBefore = job.notBefore?.getTime() ?? 0;
+    if (foreign && job.state === S.JOB_STATE_QUEUED) notBefore = Math.max(notBefore, queuedSince(job) + this.takeoverMs);
     if (job.state === S.JOB_STATE_QUEUED || job.state === S.JOB_STATE_PENDING) {
       if (notBefore > now) {
         this.delay(job.id, notBefore - now);
@@ -881,8 +912,9 @@ export class JobManager {
     for (let tries = 0; tries < 10; tries++) {
       const current = this.index.get(id) ?? (await this.options.jobs.get(id));
       if (!current) throw new NotFoundError("job", id);
-      const next = change(current.value);
-      if (!next) return current.value;
+      const changed = change(current.value);
+      if (!changed) return current.value;
+      const next = changed.writer === this.replicaId ? changed : { ...changed, writer: this.replicaId };
       try {
         const revision = await this.options.jobs.update(id, next, current.revision);
         this.remember({ key: id, value: next, revision });
@@ -893,18 +925,36 @@ export class JobManager {
           throw err;
         }
         const fresh = await this.options.jobs.get(id);
-        if (fresh) this.index.set(id, fresh);
+        if (fresh) this.remember(fresh, fresh.value.writer !== this.replicaId);
         else this.index.delete(id);
       }
     }
     throw new ConflictError(`job ${id}: too many concurrent updates`);
   }
 
-  private remember(entry: Versioned<Job>): void {
-    const previous = this.index.get(entry.key)?.value.state;
+  /** Indexes a version of a job (ours, or another replica's: `foreign`) unless a newer one is known. */
+  private remember(entry: Versioned<Job>, foreign = false): void {
+    const known = this.index.get(entry.key);
+    if (known && known.revision >= entry.revision) return;
+    const previous = known?.value.state;
     this.index.set(entry.key, entry);
     this.changes.emit(entry.key, entry.value);
-    if (previous !== entry.value.state) this.react(entry.value);
+    if (previous === entry.value.state) return;
+    // Another replica received the report that freed a slot: our throttled queue may go on.
+    if (foreign && (previous === S.JOB_STATE_ASSIGNED || previous === S.JOB_STATE_RUNNING)) this.dispatcher.capacityFreed();
+    this.react(entry.value, foreign);
+  }
+
+  /** A change in the bucket (echoes of our own writes are skipped before they get here). */
+  private onStored(key: string, entry: Versioned<Job> | undefined): void {
+    if (this.closed) return;
+    if (entry) {
+      this.remember(entry, entry.value.writer !== this.replicaId);
+      return;
+    }
+    // Deleted by another replica's retention or purge.
+    this.index.delete(key);
+    this.dependants.delete(key);
   }
 }
 

@@ -62,6 +62,8 @@ await runMain(log, async () => {
     assignTimeoutMs: config.ASPEN_ASSIGN_TIMEOUT,
     retention: { perSchedule: config.ASPEN_RETAIN_PER_SCHEDULE, maxAgeMs: config.ASPEN_RETAIN_FOR },
     maintenanceIntervalMs: config.ASPEN_MAINTENANCE_INTERVAL,
+    takeoverMs: config.ASPEN_DISPATCH_TAKEOVER,
+    replicaId,
   });
   await jobs.start();
   // Read from the in-memory index on each scrape (JobManager.stats), not from NATS.
