@@ -93,6 +93,31 @@ describe("dispatcher", () => {
     await d.close();
   });
 
+  it("lets a new job skip the queue only when that passes nobody", async () => {
+    const c = cluster(1);
+    const d = new Dispatcher(c.place, { concurrency: 2, retryDelayMs: 1_000 });
+    // Idle: a direct placement takes a slot of the concurrency limit.
+    expect(d.claimDirect()).toBe(true);
+    expect(d.claimDirect()).toBe(true);
+    expect(d.claimDirect()).toBe(false); // both placement slots in flight
+    d.settleDirect("placed");
+    d.settleDirect("placed");
+    // A refused direct placement throttles: nothing skips the queue until capacity returns.
+    expect(d.claimDirect()).toBe(true);
+    d.settleDirect("no-capacity");
+    expect(d.claimDirect()).toBe(false);
+    await vi.advanceTimersByTimeAsync(1_000);
+    expect(d.claimDirect()).toBe(true);
+    d.settleDirect("placed");
+    // A job waiting in the queue is never passed.
+    c.running.push("busy");
+    d.enqueue("waiting", Priority.PRIORITY_LOW);
+    await settle();
+    expect(d.depth).toBe(1);
+    expect(d.claimDirect()).toBe(false);
+    await d.close();
+  });
+
   it("parks jobs no worker matches and retries them, dropping cancelled ones", async () => {
     const outcomes: Record<string, DispatchOutcome[]> = { x: ["no-match", "placed"], y: ["no-match", "gone"] };
     const d = new Dispatcher(async (id) => outcomes[id]!.shift()!, { concurrency: 4, retryDelayMs: 1_000 });

@@ -9,6 +9,10 @@
  * `retryDelayMs` after throttling began, dispatch opens fully again once (a
  * new worker may have joined). A job no live worker matches is parked and
  * retried every `retryDelayMs`. Event-driven: no polling while idle.
+ *
+ * Direct placement: a job just submitted may skip the queue (`claimDirect`)
+ * when that passes nobody — nothing waiting, not throttled, a placement slot
+ * free — so its record can be created already reserved for attempt 1.
  */
 import type { Priority } from "@aspen/proto";
 import { PriorityQueue, type QueueEntry } from "./priority-queue.js";
@@ -82,6 +86,24 @@ export class Dispatcher {
           if (this.inFlight === 0) this.idleWaiters.splice(0).forEach((w) => w());
         });
     }
+  }
+
+  /**
+   * Takes a placement slot for a job that was never queued, when placing it now
+   * passes no waiting job. The caller must call `settleDirect` with the outcome.
+   */
+  claimDirect(): boolean {
+    if (this.closed || this.queue.size > 0 || this.credits !== Infinity || this.inFlight >= this.options.concurrency) return false;
+    this.inFlight++;
+    return true;
+  }
+
+  /** Ends a `claimDirect` placement. A job put back is queued by its owner (`enqueue`), not here. */
+  settleDirect(outcome: DispatchOutcome): void {
+    this.inFlight--;
+    if (outcome === "no-capacity" || outcome === "unavailable") this.throttle();
+    this.pump();
+    if (this.inFlight === 0) this.idleWaiters.splice(0).forEach((w) => w());
   }
 
   private settle(entry: QueueEntry, outcome: DispatchOutcome): void {

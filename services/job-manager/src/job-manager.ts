@@ -247,16 +247,23 @@ export class JobManager {
       notBefore: request.notBefore,
       ...extra,
     });
-    const job = transition({ ...draft, writer: this.replicaId }, waits ? S.JOB_STATE_PENDING : S.JOB_STATE_QUEUED, {
+    const queued = transition({ ...draft, writer: this.replicaId }, waits ? S.JOB_STATE_PENDING : S.JOB_STATE_QUEUED, {
       actor: request.scheduleId ? "scheduler" : "client",
       at: now,
       reason: waits ? waitReason(spec, request.notBefore, extra.children?.length ?? 0) : "waiting for a worker",
     });
+    // Nothing waiting ahead of it and a placement slot free: created already reserved for
+    // attempt 1 (one write instead of two), then placed. Otherwise it queues.
+    const unmatched = this.unmatched.get(selectorKey(spec));
+    const direct = !waits && !(unmatched && unmatched.untilMs > now.getTime()) && !this.closed && this.dispatcher.claimDirect();
+    const job = direct ? assign(queued, 1, now) : queued;
     try {
       const revision = await this.options.jobs.create(id, job);
       this.remember({ key: id, value: job, revision });
+      if (direct) this.placeDirect(id);
       return { job, created: true };
     } catch (err) {
+      if (direct) this.dispatcher.settleDirect("gone");
       if (!(err instanceof AlreadyExistsError)) throw err;
       const existing = await this.options.jobs.get(id);
       if (!existing) throw new ResourceExhaustedError(`job ${id} is being replaced; retry`);
@@ -688,63 +695,95 @@ export class JobManager {
         return "no-match";
       }
       const attempt = current.attempt + 1;
-      return withSpan(
-        Spans.dispatch,
-        { parent: contextFromTraceparent(current.traceparent), attributes: { [Attr.jobId]: id, [Attr.attempt]: attempt } },
-        async (span) => {
-          const now = this.clock();
-          // Another replica may reserve this attempt first (its CAS wins): then it is theirs.
-          let reserved = false;
-          await this.writeLocked(id, (j) => {
-            reserved = j.state === S.JOB_STATE_QUEUED && j.attempt === attempt - 1;
-            if (!reserved) return undefined;
-            return transition(j, S.JOB_STATE_ASSIGNED, {
-              actor: "job-manager",
-              at: now,
-              reason: `placing attempt ${attempt}`,
-              patch: { attempt, workerId: "", assignedAt: now, startedAt: undefined, finishedAt: undefined },
-            });
-          });
-          if (!reserved) return "gone";
-          try {
-            const workerId = await this.options.placer.place({
-              jobId: id,
-              attempt,
-              spec: current.spec,
-              traceparent: traceparentOf(),
-              submittedAt: current.submittedAt,
-              affinityKey: current.spec?.placement?.affinityKey || current.scheduleId || current.id,
-              submittedBy: current.submittedBy,
-            });
-            span.setAttribute(Attr.workerId, workerId);
-            this.unmatched.delete(selector);
-            return "placed";
-          } catch (err) {
-            const outcome: DispatchOutcome =
-              err instanceof FailedPreconditionError
-                ? "no-match"
-                : err instanceof ResourceExhaustedError
-                  ? "no-capacity"
-                  : "unavailable";
-            const message = err instanceof Error ? err.message : String(err);
-            if (outcome === "unavailable") this.log.warn({ job: id, err: message }, "placement failed; will retry");
-            if (outcome === "no-match")
-              this.unmatched.set(selector, { untilMs: this.clock().getTime() + this.options.retryDelayMs, reason: message });
-            await this.writeLocked(id, (j) =>
-              j.state !== S.JOB_STATE_ASSIGNED || j.attempt !== attempt
-                ? undefined
-                : transition(j, S.JOB_STATE_QUEUED, {
-                    actor: "job-manager",
-                    at: this.clock(),
-                    reason: outcome === "no-capacity" ? `waiting for capacity: ${message}` : message,
-                    patch: { attempt: attempt - 1, assignedAt: undefined },
-                  }),
-            );
-            return outcome;
-          }
-        },
-      );
+      return this.placeAttempt(current, attempt, async () => {
+        const now = this.clock();
+        // Another replica may reserve this attempt first (its CAS wins): then it is theirs.
+        let reserved = false;
+        await this.writeLocked(id, (j) => {
+          reserved = j.state === S.JOB_STATE_QUEUED && j.attempt === attempt - 1;
+          return reserved ? assign(j, attempt, now) : undefined;
+        });
+        return reserved;
+      });
     });
+  }
+
+  /**
+   * Reserves attempt `attempt` (`reserve`, false: someone else did) and asks the
+   * coordinator to place it; a refused placement returns the job to QUEUED.
+   * Runs under the job's serial lock.
+   */
+  private async placeAttempt(current: Job, attempt: number, reserve: () => Promise<boolean>): Promise<DispatchOutcome> {
+    const id = current.id;
+    const selector = selectorKey(current.spec);
+    return withSpan(
+      Spans.dispatch,
+      { parent: contextFromTraceparent(current.traceparent), attributes: { [Attr.jobId]: id, [Attr.attempt]: attempt } },
+      async (span) => {
+        if (!(await reserve())) return "gone";
+        try {
+          const workerId = await this.options.placer.place({
+            jobId: id,
+            attempt,
+            spec: current.spec,
+            traceparent: traceparentOf(),
+            submittedAt: current.submittedAt,
+            affinityKey: current.spec?.placement?.affinityKey || current.scheduleId || current.id,
+            submittedBy: current.submittedBy,
+          });
+          span.setAttribute(Attr.workerId, workerId);
+          this.unmatched.delete(selector);
+          return "placed";
+        } catch (err) {
+          const outcome: DispatchOutcome =
+            err instanceof FailedPreconditionError
+              ? "no-match"
+              : err instanceof ResourceExhaustedError
+                ? "no-capacity"
+                : "unavailable";
+          const message = err instanceof Error ? err.message : String(err);
+          if (outcome === "unavailable") this.log.warn({ job: id, err: message }, "placement failed; will retry");
+          if (outcome === "no-match")
+            this.unmatched.set(selector, { untilMs: this.clock().getTime() + this.options.retryDelayMs, reason: message });
+          await this.writeLocked(id, (j) =>
+            j.state !== S.JOB_STATE_ASSIGNED || j.attempt !== attempt
+              ? undefined
+              : transition(j, S.JOB_STATE_QUEUED, {
+                  actor: "job-manager",
+                  at: this.clock(),
+                  reason: outcome === "no-capacity" ? `waiting for capacity: ${message}` : message,
+                  patch: { attempt: attempt - 1, assignedAt: undefined },
+                }),
+          );
+          return outcome;
+        }
+      },
+    );
+  }
+
+  /**
+   * Places a job created already reserved for attempt 1 (the dispatcher's
+   * direct path), unless a cancel or another change came first.
+   */
+  private placeDirect(id: string): void {
+    void this.serial
+      .run(id, async () => {
+        const current = this.index.get(id)?.value;
+        if (
+          !current ||
+          current.state !== S.JOB_STATE_ASSIGNED ||
+          current.attempt !== 1 ||
+          current.workerId ||
+          current.cancelReason
+        )
+          return "gone";
+        return this.placeAttempt(current, 1, () => Promise.resolve(true));
+      })
+      .catch((err: unknown): DispatchOutcome => {
+        this.log.warn({ job: id, err: (err as Error).message }, "direct placement failed; will retry");
+        return "unavailable";
+      })
+      .then((outcome) => this.dispatcher.settleDirect(outcome));
   }
 
   // ---- reacting to changes ----------------------------------------------
@@ -956,6 +995,16 @@ export class JobManager {
     this.index.delete(key);
     this.dependants.delete(key);
   }
+}
+
+/** QUEUED → ASSIGNED: attempt `attempt` is reserved in the record before the coordinator is asked. */
+function assign(job: Job, attempt: number, at: Date): Job {
+  return transition(job, S.JOB_STATE_ASSIGNED, {
+    actor: "job-manager",
+    at,
+    reason: `placing attempt ${attempt}`,
+    patch: { attempt, workerId: "", assignedAt: at, startedAt: undefined, finishedAt: undefined },
+  });
 }
 
 /** True when this attempt's end was already applied from the same worker (a report sent again). */
