@@ -166,7 +166,9 @@ export interface ServiceProcess extends AsyncDisposable {
  */
 export function startService(name: ServiceName, env: Record<string, string>, label: string = name): ServiceProcess {
   const main = join(repoRoot, "services", name, "dist", "main.js");
-  const child = spawn(process.execPath, [main], {
+  // Profiling a run: ASPEN_SERVICE_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" (NODE_OPTIONS refuses --cpu-prof).
+  const nodeArgs = (process.env.ASPEN_SERVICE_NODE_ARGS ?? "").split(" ").filter(Boolean);
+  const child = spawn(process.execPath, [...nodeArgs, main], {
     env: {
       PATH: process.env.PATH ?? "/usr/bin:/bin",
       HOME: process.env.HOME ?? "/tmp",

@@ -93,7 +93,8 @@ export class Dispatcher {
    * passes no waiting job. The caller must call `settleDirect` with the outcome.
    */
   claimDirect(): boolean {
-    if (this.closed || this.queue.size > 0 || this.credits !== Infinity || this.inFlight >= this.options.concurrency) return false;
+    if (this.closed || this.queue.size > 0 || this.credits !== Infinity || this.inFlight >= this.options.concurrency)
+      return false;
     this.inFlight++;
     return true;
   }
