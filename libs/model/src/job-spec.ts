@@ -8,6 +8,7 @@ import { LabelRequirement_Operator, PlacementStrategy, Priority, RetryPolicy_Kin
 import { durationToMs, InvalidArgumentError } from "@aspen/runtime";
 import { GROUP_NAME, JOB_ID, JOB_ID_MAX, WORKER_ID } from "./ids.js";
 import { isRetrying } from "./retry.js";
+import { validateSecretEnv } from "./secrets.js";
 
 /** Input limits (bytes unless named otherwise). */
 export const Limits = {
@@ -72,6 +73,7 @@ export function validateJobSpec(spec: JobSpec | undefined, field = "spec"): asse
     throw new InvalidArgumentError(`${field}.exec.args`, `more than ${Limits.argCount} arguments`);
   exec.args.forEach((arg, i) => checkText(`${field}.exec.args[${i}]`, arg, Limits.argBytes));
   checkMap(`${field}.exec.env`, exec.env, ENV_NAME, Limits.envCount, Limits.envValueBytes);
+  validateSecretEnv(exec, `${field}.exec.secret_env`, ENV_NAME);
   if (exec.cwd && !exec.cwd.startsWith("/")) throw new InvalidArgumentError(`${field}.exec.cwd`, "must be an absolute path");
   checkText(`${field}.exec.cwd`, exec.cwd, 4096);
   if (exec.stdin.length > Limits.stdinBytes)

@@ -66,3 +66,14 @@ export {
 export { closeInOrder, closeOnSignals, runMain, type Closable } from "./lifecycle.js";
 export { durationToMs, msToDuration, parseDurationMs } from "./time.js";
 export { MinHeap } from "./min-heap.js";
+export {
+  generateSecretsKeyPair,
+  isSealedForm,
+  loadSecretOpener,
+  loadSecretSealer,
+  sealedKeyId,
+  SEALED_OVERHEAD,
+  SecretOpenError,
+  SecretOpener,
+  SecretSealer,
+} from "./secrets.js";

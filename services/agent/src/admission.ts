@@ -13,6 +13,7 @@ import { isAbsolute, join, resolve, sep } from "node:path";
 import type { JobSpec, ResourceLimits } from "@aspen/proto";
 import { ConfigError } from "@aspen/runtime";
 import type { Limits, Policy } from "./policy.js";
+import type { SecretResolver } from "./secrets.js";
 
 /** A job the policy forbids: it never starts; `reason` goes into AttemptResult.error. */
 export class Refusal extends Error {
@@ -40,7 +41,11 @@ export interface CompiledPolicy {
   allowNames?: Set<string>;
   allowPaths?: Set<string>;
   deny: Array<{ pattern: string; re: RegExp }>;
+  /** Deny patterns for secret_env names. */
+  secretDeny: Array<{ pattern: string; re: RegExp }>;
   runAs?: RunAs;
+  /** Opens sealed secrets and reads agent references; absent: every secret_env entry is refused. */
+  secrets?: SecretResolver;
 }
 
 export interface Plan {
@@ -49,7 +54,10 @@ export interface Plan {
   args: string[];
   /** For audit and results: what the job asked, resolved. */
   shell: boolean;
+  /** The child's whole environment, secret values included: never logged or recorded. */
   env: Record<string, string>;
+  /** The secret values in `env`, for redaction of the job's output. */
+  secrets: string[];
   cwd: string;
   limits: Limits;
   runAs?: RunAs;
@@ -58,6 +66,8 @@ export interface Plan {
   /** Rate-limit key (the program's real path). */
   rateKey: string;
 }
+
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
 function globToRegExp(glob: string): RegExp {
   const body = glob
@@ -89,7 +99,7 @@ function groupNameOf(gid: number): string {
 
 export function compilePolicy(
   policy: Policy,
-  options: { defaultWorkRoot: string; agentEnv: NodeJS.ProcessEnv; isRoot: boolean },
+  options: { defaultWorkRoot: string; agentEnv: NodeJS.ProcessEnv; isRoot: boolean; secrets?: SecretResolver },
 ): CompiledPolicy {
   const problems: string[] = [];
   let workRoot = policy.workRoot ?? options.defaultWorkRoot;
@@ -147,7 +157,9 @@ export function compilePolicy(
     allowNames,
     allowPaths,
     deny: policy.env.deny.map((p) => ({ pattern: p, re: globToRegExp(p) })),
+    secretDeny: policy.env.secretDeny.map((p) => ({ pattern: p, re: globToRegExp(p) })),
     runAs,
+    secrets: options.secrets,
   };
 }
 
@@ -230,9 +242,23 @@ export function admit(spec: JobSpec, compiled: CompiledPolicy): Plan {
   if (!statSync(cwd).isDirectory()) throw new Refusal(`cwd ${JSON.stringify(asked)}: ${cwd} is not a directory`);
 
   for (const name of Object.keys(exec.env)) {
-    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) throw new Refusal(`env ${JSON.stringify(name)}: not a valid variable name`);
+    if (!ENV_NAME.test(name)) throw new Refusal(`env ${JSON.stringify(name)}: not a valid variable name`);
     const hit = compiled.deny.find((d) => d.re.test(name));
-    if (hit) throw new Refusal(`env ${name}: denied by this agent's environment policy (pattern ${JSON.stringify(hit.pattern)})`);
+    if (hit) {
+      const hint = compiled.secretDeny.some((d) => d.re.test(name)) ? "" : "; a secret belongs in secret_env";
+      throw new Refusal(`env ${name}: denied by this agent's environment policy (pattern ${JSON.stringify(hit.pattern)})${hint}`);
+    }
+  }
+  const secretNames = Object.keys(exec.secretEnv);
+  for (const name of secretNames) {
+    if (!ENV_NAME.test(name)) throw new Refusal(`secret_env ${JSON.stringify(name)}: not a valid variable name`);
+    if (Object.hasOwn(exec.env, name)) throw new Refusal(`secret_env ${name}: also set in env`);
+    const hit = compiled.secretDeny.find((d) => d.re.test(name));
+    if (hit) {
+      throw new Refusal(
+        `secret_env ${name}: denied by this agent's environment policy (env.secretDeny pattern ${JSON.stringify(hit.pattern)})`,
+      );
+    }
   }
 
   let sandbox: Plan["sandbox"];
@@ -242,11 +268,20 @@ export function admit(spec: JobSpec, compiled: CompiledPolicy): Plan {
     sandbox = { network: spec.network, root: compiled.workRoot };
   }
 
+  // Secrets last: nothing is opened or read for a job refused for another reason.
+  const secretEnv: Record<string, string> = {};
+  if (secretNames.length > 0) {
+    const resolver = compiled.secrets;
+    if (!resolver) throw new Refusal("secret_env: this agent takes no secrets (no private key and no secrets directory)");
+    for (const name of secretNames) secretEnv[name] = resolver.resolve(name, exec.secretEnv[name]!);
+  }
+
   return {
     program,
     args,
     shell: exec.shell,
-    env: { ...compiled.baseEnv, ...exec.env },
+    env: { ...compiled.baseEnv, ...exec.env, ...secretEnv },
+    secrets: Object.values(secretEnv),
     cwd,
     limits: effectiveLimits(policy.limits, spec.limits),
     runAs: compiled.runAs,

@@ -287,6 +287,7 @@ export class Agent {
       shell: spec?.exec?.shell ?? false,
       cwd: plan?.cwd ?? spec?.exec?.cwd ?? "",
       envNames: Object.keys(spec?.exec?.env ?? {}),
+      secretEnvNames: Object.keys(spec?.exec?.secretEnv ?? {}),
       runAs: plan?.runAs?.label ?? "",
       startedAt: r?.startedAt ?? what.at,
       finishedAt: r?.finishedAt ?? what.at,

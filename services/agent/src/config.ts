@@ -55,6 +55,18 @@ export const AgentConfigSchema = z.object({
    * restarts (deploy/ uses /var/lib/aspen-agent). Default: none (not recorded).
    */
   ASPEN_STATE_DIR: env.optionalString(),
+  /**
+   * Private key(s) that open sealed secret values (PEM, X25519; the pair's
+   * public key is the control plane's ASPEN_SECRETS_PUBLIC_KEY_FILE).
+   * Comma-separated while keys rotate. Unset: jobs with sealed secrets are refused.
+   */
+  ASPEN_SECRETS_PRIVATE_KEY_FILE: env.list(""),
+  /**
+   * Directory of secrets jobs may reference by name (secret_env agent_ref =
+   * a file name here, read when the attempt starts; one trailing newline is
+   * dropped). Unset: jobs with agent references are refused.
+   */
+  ASPEN_AGENT_SECRETS_DIR: env.optionalString(),
   ASPEN_LOG_LEVEL: env.logLevel(),
 });
 

@@ -16,6 +16,7 @@ import { DEFAULT_INLINE_OUTPUT_BYTES, DEFAULT_KILL_GRACE_MS } from "@aspen/model
 import type { Plan } from "./admission.js";
 import { explainLimit, wrap } from "./limits.js";
 import type { ObjectWriter, StoredObject } from "./output-store.js";
+import { StreamRedactor } from "./redactor.js";
 
 export interface ExecutorOptions {
   /** Inline output kept per attempt when the job sets no limit, bytes. */
@@ -213,7 +214,11 @@ export function execute(spec: JobSpec, plan: Plan, options: ExecutorOptions): Ex
     writer: ObjectWriter | undefined,
     name: string,
   ) => {
-    source.on("data", (chunk: Buffer) => {
+    // Secret values become [REDACTED] before anything sees the bytes (one redactor per pipe:
+    // a value split across this pipe's chunks is held back until it is whole).
+    const redactor = plan.secrets.length > 0 ? new StreamRedactor(plan.secrets) : undefined;
+    const take = (chunk: Buffer) => {
+      if (chunk.length === 0) return;
       capture.push(chunk);
       if (name === "stderr" || stderrMode === StderrMode.STDERR_MODE_MERGED)
         stderrTail = (stderrTail + chunk.toString()).slice(-STDERR_TAIL_BYTES);
@@ -225,8 +230,24 @@ export function execute(spec: JobSpec, plan: Plan, options: ExecutorOptions): Ex
         source.pause();
         writer.once("drain", () => source.resume());
       }
-    });
+    };
+    if (!redactor?.active) {
+      source.on("data", take);
+      return;
+    }
+    source.on("data", (chunk: Buffer) => take(redactor.push(chunk)));
+    // What is held back goes out at the end of the stream, or when the attempt finishes
+    // (a pipe cut after the exit has no "end").
+    let flushed = false;
+    const flush = () => {
+      if (flushed) return;
+      flushed = true;
+      take(redactor.end());
+    };
+    source.once("end", flush);
+    flushers.push(flush);
   };
+  const flushers: Array<() => void> = [];
   if (child.stdout) sink(child.stdout, stdout, outWriter, "stdout");
   if (child.stderr) {
     if (stderrMode === StderrMode.STDERR_MODE_MERGED) sink(child.stderr, stdout, outWriter, "stderr");
@@ -265,6 +286,7 @@ export function execute(spec: JobSpec, plan: Plan, options: ExecutorOptions): Ex
       clearTimeout(timeoutTimer);
       clearTimeout(graceTimer);
       clearInterval(usageTimer);
+      for (const flush of flushers) flush();
       const [outObj, errObj] = await Promise.all([store(outWriter, "stdout"), store(errWriter, "stderr")]);
       const outputOf = (capture: BoundedCapture, obj: StoredObject | undefined): Output => {
         if (!obj) return capture.output();

@@ -1,5 +1,5 @@
 /** Agent process: wires config and policy, logging, telemetry, NATS (outputs, audit), the health endpoint and the coordinator session. */
-import { closeInOrder, createLogger, GrpcServer, runMain, startTelemetry } from "@aspen/runtime";
+import { closeInOrder, createLogger, GrpcServer, loadSecretOpener, runMain, startTelemetry } from "@aspen/runtime";
 import { Store } from "@aspen/store";
 import { compilePolicy } from "./admission.js";
 import { Agent } from "./agent.js";
@@ -7,6 +7,7 @@ import { AuditLog } from "./audit.js";
 import { loadAgentConfig } from "./config.js";
 import { OutputStore } from "./output-store.js";
 import { GroupRegistry } from "./reaper.js";
+import { SecretResolver } from "./secrets.js";
 
 const log = createLogger("agent");
 const VERSION = "0.2.0";
@@ -15,11 +16,17 @@ await runMain(log, async () => {
   const settings = loadAgentConfig();
   const config = settings.env;
   log.level = config.ASPEN_LOG_LEVEL;
+  const opener = loadSecretOpener(config.ASPEN_SECRETS_PRIVATE_KEY_FILE);
   const policy = compilePolicy(settings.policy, {
     defaultWorkRoot: settings.workRoot,
     agentEnv: process.env,
     isRoot: process.getuid?.() === 0,
+    secrets: new SecretResolver({ opener, dir: config.ASPEN_AGENT_SECRETS_DIR }),
   });
+  log.info(
+    { secretsKeyIds: opener?.keyIds ?? [], secretsDir: config.ASPEN_AGENT_SECRETS_DIR ?? "" },
+    opener || config.ASPEN_AGENT_SECRETS_DIR ? "secrets: ready" : "secrets: none configured (jobs with secret_env are refused)",
+  );
   if (!settings.policy.commands.allow) log.warn("policy: no command allowlist (commands.allow): every program may run");
   if (settings.policy.commands.allow && settings.policy.commands.shell)
     log.warn("policy: shell scripts are allowed (commands.shell), so the allowlist does not bind them");

@@ -31,6 +31,22 @@ export const DEFAULT_ENV_DENY = [
   "PERL5OPT",
 ];
 
+/**
+ * Secret variables (secret_env) a job may never set: the injection vectors of
+ * DEFAULT_ENV_DENY, without the secret-looking names (secret_env is where
+ * those belong).
+ */
+export const DEFAULT_SECRET_ENV_DENY = [
+  "LD_*",
+  "DYLD_*",
+  "BASH_ENV",
+  "ENV",
+  "BASH_FUNC_*",
+  "NODE_OPTIONS",
+  "PYTHONSTARTUP",
+  "PERL5OPT",
+];
+
 export const LimitsSchema = z
   .object({
     /** Address space per job, bytes (prlimit --as). 0 = none. */
@@ -74,11 +90,13 @@ export const PolicySchema = z
       .object({
         /** The only variables of the agent's own environment a job sees. */
         passthrough: z.array(z.string().min(1)).default(["PATH", "HOME", "LANG", "TZ"]),
-        /** Job variables refused by name: globs with `*`, case-insensitive. */
+        /** Job variables (env) refused by name: globs with `*`, case-insensitive. */
         deny: z.array(z.string().min(1)).default(DEFAULT_ENV_DENY),
+        /** Secret job variables (secret_env) refused by name: globs with `*`, case-insensitive. */
+        secretDeny: z.array(z.string().min(1)).default(DEFAULT_SECRET_ENV_DENY),
       })
       .strict()
-      .default({ passthrough: ["PATH", "HOME", "LANG", "TZ"], deny: DEFAULT_ENV_DENY }),
+      .default({ passthrough: ["PATH", "HOME", "LANG", "TZ"], deny: DEFAULT_ENV_DENY, secretDeny: DEFAULT_SECRET_ENV_DENY }),
     output: z
       .object({
         /** Inline head+tail kept per attempt when the job sets no smaller limit, bytes. */

@@ -23,6 +23,12 @@ export const JobManagerConfigSchema = z.object({
   ASPEN_RETAIN_PER_SCHEDULE: env.int(1000, 1, 10_000_000),
   /** Finished jobs older than this are removed with their outputs. */
   ASPEN_RETAIN_FOR: env.durationMs("7d"),
+  /**
+   * The agents' public key (PEM, X25519; scripts/secrets-keys.mjs makes a pair):
+   * inline secret values of SubmitJob are sealed to it. Unset: they are refused
+   * with FAILED_PRECONDITION (agent references still work).
+   */
+  ASPEN_SECRETS_PUBLIC_KEY_FILE: env.optionalString(),
   /** How often retention and assignment timeouts are checked. */
   ASPEN_MAINTENANCE_INTERVAL: env.durationMs("5s"),
 });

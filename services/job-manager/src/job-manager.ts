@@ -43,8 +43,19 @@ import {
   traceparentOf,
   withSpan,
   type Logger,
+  type SecretSealer,
 } from "@aspen/runtime";
-import { decideRetry, isTerminal, JOB_ID, JOB_ID_MAX, newId, SCHEDULE_ID, stateName, validateJobSpec } from "@aspen/model";
+import {
+  decideRetry,
+  isTerminal,
+  JOB_ID,
+  JOB_ID_MAX,
+  newId,
+  SCHEDULE_ID,
+  sealJobSpec,
+  stateName,
+  validateJobSpec,
+} from "@aspen/model";
 import type { Bucket, ObjectBucket, Versioned } from "@aspen/store";
 import { Dispatcher, type DispatchOutcome } from "./dispatcher.js";
 import { KeyedSerial } from "./keyed-serial.js";
@@ -89,6 +100,12 @@ export interface JobManagerOptions {
   replicaId?: string;
   clock?: () => Date;
   random?: () => number;
+  /**
+   * Seals inline secret values (ExecSpec.secret_env) on SubmitJob; from
+   * ASPEN_SECRETS_PUBLIC_KEY_FILE. Absent: inline values are refused
+   * (FAILED_PRECONDITION); agent references and sealed values still pass.
+   */
+  sealer?: SecretSealer;
   /** Called with the stdout + stderr bytes of every reported finished attempt (metrics). */
   onOutputBytes?: (bytes: number) => void;
 }
@@ -185,7 +202,8 @@ export class JobManager {
       throw new InvalidArgumentError("idempotency_key", `longer than ${MAX_IDEMPOTENCY_KEY_BYTES} bytes`);
     }
     validateJobSpec(request.spec, "spec");
-    const spec = request.spec;
+    // Inline secret values are sealed here and never stored or passed on in clear.
+    const spec = sealJobSpec(request.spec, this.options.sealer, "spec");
     let id = request.jobId || "";
     if (request.idempotencyKey) {
       id = await this.claimKey(request.idempotencyKey, id || newId("j"));

@@ -1,7 +1,11 @@
-/** aspen.v1.JobService over the JobManager: request checks and streaming live here, decisions in JobManager. */
+/**
+ * aspen.v1.JobService over the JobManager: request checks and streaming live
+ * here, decisions in JobManager. Every Job in an answer goes through
+ * `redactJob` (secret values and sealed bytes never leave the service).
+ */
 import { JobServiceService, type ControlAuditRecord, type Job, type JobServiceServer } from "@aspen/proto";
 import { bindService, durationToMs, InvalidArgumentError, principalOf, type ServiceBinding } from "@aspen/runtime";
-import { isTerminal } from "@aspen/model";
+import { isTerminal, redactJob } from "@aspen/model";
 import type { AppendOnlyLog } from "@aspen/store";
 import type { JobManager } from "./job-manager.js";
 import { outputStreamHandlers } from "./output-stream.js";
@@ -18,10 +22,16 @@ export function jobService(jobs: JobManager, controlAudit: AppendOnlyLog<Control
       );
       return { records: found.map(({ sequence, record }) => ({ ...record, sequence })) };
     },
-    submitJob: (req, call) => jobs.submit(req, principalOf(call)?.name),
-    getJob: (req) => jobs.get(req.jobId),
-    listJobs: async (req) => jobs.list(req),
-    cancelJob: (req) => jobs.cancel(req.jobId, req.reason),
+    submitJob: async (req, call) => {
+      const res = await jobs.submit(req, principalOf(call)?.name);
+      return { ...res, job: res.job && redactJob(res.job) };
+    },
+    getJob: async (req) => redactJob(await jobs.get(req.jobId)),
+    listJobs: async (req) => {
+      const res = jobs.list(req);
+      return { ...res, jobs: res.jobs.map(redactJob) };
+    },
+    cancelJob: async (req) => redactJob(await jobs.cancel(req.jobId, req.reason)),
     reportAttempts: async (req) => ({ refusals: await jobs.report(req.events, new Set(req.notHeld)) }),
     getJobResult: async (req, call) => {
       const abort = new AbortController();
@@ -32,11 +42,11 @@ export function jobService(jobs: JobManager, controlAudit: AppendOnlyLog<Control
       const untilDeadline = Number.isFinite(deadlineMs) ? Math.max(0, deadlineMs - Date.now() - 100) : Infinity;
       const wait = req.wait ? durationToMs(req.wait) : 30_000;
       if (wait < 0) throw new InvalidArgumentError("wait", "must not be negative");
-      return jobs.result(req.jobId, Math.min(wait, untilDeadline) || 1, abort.signal);
+      return redactJob(await jobs.result(req.jobId, Math.min(wait, untilDeadline) || 1, abort.signal));
     },
     getStats: async () => jobs.stats(),
     ...outputStreamHandlers(jobs),
-    requeueJob: (req) => jobs.requeue(req.jobId, req.reason),
+    requeueJob: async (req) => redactJob(await jobs.requeue(req.jobId, req.reason)),
     purgeDeadLetters: async (req) => ({ purged: await jobs.purgeDeadLetters(req.jobIds) }),
     watchJob: async (req, call) => {
       if (!req.jobId) throw new InvalidArgumentError("job_id", "required");
@@ -47,7 +57,7 @@ export function jobService(jobs: JobManager, controlAudit: AppendOnlyLog<Control
       const send = (job: Job) => {
         if (lastSent && job.history.length <= lastSent.history.length && job.state === lastSent.state) return;
         lastSent = job;
-        call.write(job);
+        call.write(redactJob(job));
         if (isTerminal(job.state)) done();
       };
       const unsubscribe = jobs.subscribe(req.jobId, send);

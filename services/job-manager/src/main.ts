@@ -7,6 +7,7 @@ import {
   createLogger,
   durationToMs,
   GrpcServer,
+  loadSecretSealer,
   meter,
   observeGauge,
   runMain,
@@ -49,7 +50,11 @@ await runMain(log, async () => {
     unit: "By",
     description: "stdout + stderr bytes of finished attempts reported by agents",
   });
+  const sealer = loadSecretSealer(config.ASPEN_SECRETS_PUBLIC_KEY_FILE);
+  if (sealer) log.info({ secretsKeyId: sealer.keyId }, "inline secret values are sealed to the agents' public key");
+  else log.info("ASPEN_SECRETS_PUBLIC_KEY_FILE not set: inline secret values are refused (agent references work)");
   const jobs = new JobManager({
+    sealer,
     onOutputBytes: (bytes) => outputBytes.add(bytes),
     jobs: await store.bucket("aspen_jobs", Job, { history: 1 }),
     keys: await store.bucket("aspen_job_keys", IdempotencyRecord),

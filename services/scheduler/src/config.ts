@@ -12,6 +12,12 @@ export const SchedulerConfigSchema = z.object({
   ASPEN_LEASE_TTL_MS: env.int(3_000, 400, 600_000),
   /** An instant at most this late is fired late; older ones are missed and follow the catch-up policy, ms. */
   ASPEN_MISFIRE_GRACE_MS: env.int(5_000, 0, 86_400_000),
+  /**
+   * The agents' public key (PEM, X25519; scripts/secrets-keys.mjs makes a pair):
+   * inline secret values of job templates are sealed to it. Unset: they are
+   * refused with FAILED_PRECONDITION (agent references still work).
+   */
+  ASPEN_SECRETS_PUBLIC_KEY_FILE: env.optionalString(),
   /** How often queued fires (conflict QUEUE) ask the job-manager whether the previous run ended, ms. */
   ASPEN_QUEUE_POLL_MS: env.int(500, 50, 60_000),
 });

@@ -1,6 +1,15 @@
 /** Scheduler process: wires config, logging, telemetry, NATS, the firing lease and the gRPC server. */
 import { JobServiceClient, ListJobsRequest, Schedule, SchedulerLease } from "@aspen/proto";
-import { closeInOrder, createClient, createLogger, GrpcServer, observeGauge, runMain, unaryCall } from "@aspen/runtime";
+import {
+  closeInOrder,
+  createClient,
+  createLogger,
+  GrpcServer,
+  loadSecretSealer,
+  observeGauge,
+  runMain,
+  unaryCall,
+} from "@aspen/runtime";
 import { openControlService } from "@aspen/store";
 import { loadSchedulerConfig } from "./config.js";
 import { Lease } from "./lease.js";
@@ -14,7 +23,11 @@ await runMain(log, async () => {
   const config = loadSchedulerConfig();
   const { replicaId, telemetry, store, audit } = await openControlService("scheduler", config, log);
   const jobManager = createClient(JobServiceClient, config.ASPEN_JOB_MANAGER_ADDR);
+  const sealer = loadSecretSealer(config.ASPEN_SECRETS_PUBLIC_KEY_FILE);
+  if (sealer) log.info({ secretsKeyId: sealer.keyId }, "inline secret values are sealed to the agents' public key");
+  else log.info("ASPEN_SECRETS_PUBLIC_KEY_FILE not set: inline secret values are refused (agent references work)");
   const scheduler = new Scheduler({
+    sealer,
     schedules: await store.bucket("aspen_schedules", Schedule),
     jobs: {
       submit: (req) => unaryCall(jobManager.submitJob.bind(jobManager), req),

@@ -51,8 +51,9 @@ import {
   withSpan,
   context,
   type Logger,
+  type SecretSealer,
 } from "@aspen/runtime";
-import { fireJobId, newId, SCHEDULE_ID, validateJobSpec } from "@aspen/model";
+import { fireJobId, keepStoredSecrets, newId, SCHEDULE_ID, sealJobSpec, validateJobSpec } from "@aspen/model";
 import type { Bucket, Versioned } from "@aspen/store";
 import {
   compileRule,
@@ -86,6 +87,12 @@ export interface SchedulerOptions {
   queuePollMs?: number;
   metrics?: SchedulerMetrics;
   clock?: () => number;
+  /**
+   * Seals inline secret values of job templates (Create/UpdateSchedule); from
+   * ASPEN_SECRETS_PUBLIC_KEY_FILE. Absent: inline values are refused
+   * (FAILED_PRECONDITION); agent references still pass.
+   */
+  sealer?: SecretSealer;
 }
 
 interface Armed {
@@ -233,6 +240,8 @@ export class Scheduler {
     const now = this.clock();
     validateScheduleSpec(request.spec, now, "spec");
     validateJobSpec(request.job, "job");
+    // Only the sealed form of a secret is stored (and fired).
+    const job = sealJobSpec(request.job, this.options.sealer, "job");
     if (this.schedules.size >= this.options.maxSchedules) {
       throw new ResourceExhaustedError(
         `schedule limit reached: ${this.schedules.size} of ${this.options.maxSchedules} (ASPEN_MAX_SCHEDULES); delete some first`,
@@ -243,9 +252,9 @@ export class Scheduler {
     const next = request.paused ? undefined : rule.next(now, 0);
     const schedule = Schedule.fromPartial({
       id,
-      name: request.name || request.job.name || request.job.exec?.command,
+      name: request.name || job.name || job.exec?.command,
       spec: request.spec,
-      job: request.job,
+      job,
       paused: request.paused,
       tags: request.tags,
       createdAt: new Date(now),
@@ -327,7 +336,10 @@ export class Scheduler {
     if (request.name !== undefined && request.name.length > 256)
       throw new InvalidArgumentError("name", "longer than 256 characters");
     if (request.spec) validateScheduleSpec(request.spec, now, "spec");
-    if (request.job) validateJobSpec(request.job, "job");
+    // A template read back (secrets redacted) and sent again keeps the stored secrets.
+    const merged = request.job && keepStoredSecrets(request.job, armed.record.value.job);
+    if (merged) validateJobSpec(merged, "job");
+    const job = merged && sealJobSpec(merged, this.options.sealer, "job");
     const id = request.scheduleId;
     const specChanged = request.spec !== undefined && JSON.stringify(request.spec) !== armed.specKey;
     const createdAtMs = armed.record.value.createdAt?.getTime() ?? now;
@@ -340,7 +352,7 @@ export class Scheduler {
         ...s,
         name: request.name ?? s.name,
         spec: request.spec ?? s.spec,
-        job: request.job ?? s.job,
+        job: job ?? s.job,
         tags: request.replaceTags || Object.keys(request.tags).length > 0 ? request.tags : s.tags,
         updatedAt: new Date(now),
         status: {
