@@ -47,12 +47,18 @@ pids+=($!)
 agent_id=${ASPEN_WORKER_ID:-local-agent}
 node scripts/make-tokens.mjs "$dir/tokens" "$agent_id"
 export ASPEN_AUTH_TOKENS_FILE="$dir/tokens/tokens.json"
+# Secret job variables (docs/security.md, Secrets): the control plane gets only the
+# public key, the agent the private key and a secrets directory (one file per agent_ref).
+node scripts/secrets-keys.mjs "$dir/secrets"
+mkdir -p "$dir/agent-secrets"
+[ -e "$dir/agent-secrets/db-password" ] || (umask 077 && echo "dev-db-password" >"$dir/agent-secrets/db-password")
 export ASPEN_TLS=off
 export ASPEN_NATS_SERVERS="nats://127.0.0.1:$nats_port"
 export ASPEN_GRPC_HOST=127.0.0.1
 [ -n "${OTEL_EXPORTER_OTLP_ENDPOINT:-}" ] || export OTEL_SDK_DISABLED=true
 for svc in job-manager coordinator scheduler; do
-  ASPEN_TOKEN=$(cat "$dir/tokens/service.token") node "services/$svc/dist/main.js" >"$dir/logs/$svc.log" 2>&1 &
+  ASPEN_TOKEN=$(cat "$dir/tokens/service.token") ASPEN_SECRETS_PUBLIC_KEY_FILE="$dir/secrets/secrets.pub" \
+    node "services/$svc/dist/main.js" >"$dir/logs/$svc.log" 2>&1 &
   pids+=($!)
 done
 node scripts/wait-healthy.mjs 127.0.0.1:50052 127.0.0.1:50053 127.0.0.1:50051
@@ -60,6 +66,7 @@ node scripts/wait-healthy.mjs 127.0.0.1:50052 127.0.0.1:50053 127.0.0.1:50051
 ASPEN_TOKEN=$(cat "$dir/tokens/agent-$agent_id.token") ASPEN_WORKER_ID=$agent_id ASPEN_SLOTS=${ASPEN_AGENT_SLOTS:-4} \
   ASPEN_LABELS=${ASPEN_AGENT_LABELS:-env=dev} ASPEN_CAPABILITIES=${ASPEN_AGENT_CAPABILITIES:-shell} \
   ASPEN_WORK_DIR="$dir/work" ASPEN_HEALTH_HOST=127.0.0.1 \
+  ASPEN_SECRETS_PRIVATE_KEY_FILE="$dir/secrets/secrets.key" ASPEN_AGENT_SECRETS_DIR="$dir/agent-secrets" \
   node services/agent/dist/main.js >"$dir/logs/agent.log" 2>&1 &
 pids+=($!)
 node scripts/wait-healthy.mjs 127.0.0.1:50054

@@ -4,7 +4,7 @@
  * InvalidArgumentError, which commander reports as a usage error).
  */
 import { InvalidArgumentError } from "commander";
-import { Priority, type Job, type ScheduleSpec } from "@aspen/proto";
+import { Priority, type Job, type ScheduleSpec, type SecretValue } from "@aspen/proto";
 import { durationToMs, parseDurationMs } from "@aspen/runtime";
 
 /** Rows under a header, columns padded to their widest cell and separated by two spaces. */
@@ -116,6 +116,18 @@ export function collectKeyValue(text: string, previous: Record<string, string> =
   const at = text.indexOf("=");
   if (at <= 0) throw new InvalidArgumentError("expected key=value");
   return { ...previous, [text.slice(0, at)]: text.slice(at + 1) };
+}
+
+/** "API_KEY=[redacted], DB_PASSWORD=[agent ref db-password]": a spec's secret variables as shown (never values). */
+export function formatSecretEnv(secretEnv: Record<string, SecretValue>): string {
+  const names = Object.keys(secretEnv).sort();
+  if (names.length === 0) return "-";
+  return names
+    .map((name) => {
+      const source = secretEnv[name]?.source;
+      return `${name}=[${source?.$case === "agentRef" ? `agent ref ${source.value}` : "redacted"}]`;
+    })
+    .join(", ");
 }
 
 /** Repeatable option: appends to the list collected so far. */

@@ -17,6 +17,7 @@ import {
   type JobTransition,
   type Output,
   type OutputChunk,
+  type SecretValue,
 } from "@aspen/proto";
 import { AspenError, durationToMs, fromServiceError, isServiceError, msToDuration, unaryCall } from "@aspen/runtime";
 import { isTerminal, parseState, stateName } from "@aspen/model";
@@ -29,6 +30,7 @@ import {
   formatDuration,
   formatInstant,
   formatMap,
+  formatSecretEnv,
   jobDurationMs,
   json,
   parseCount,
@@ -56,7 +58,25 @@ export interface JobSpecOptions {
   maxAttempts?: number;
   dependsOn?: string[];
   atMostOnce?: boolean;
+  env?: Record<string, string>;
+  secretEnv?: Record<string, string>;
+  secretRef?: Record<string, string>;
 }
+
+/**
+ * Repeatable `--secret-env NAME=VALUE` or `--secret-env NAME`: without `=`,
+ * the value is taken from this process's environment variable NAME, so it
+ * stays out of the command line (ps, shell history).
+ */
+export function collectSecret(text: string, previous: Record<string, string> = {}): Record<string, string> {
+  const at = text.indexOf("=");
+  if (at === 0) throw new InvalidArgumentError("expected NAME=VALUE or NAME");
+  if (at > 0) return { ...previous, [text.slice(0, at)]: text.slice(at + 1) };
+  const value = process.env[text];
+  if (value === undefined) throw new InvalidArgumentError(`${text} is not set in this environment (give NAME=VALUE, or export ${text})`);
+  return { ...previous, [text]: value };
+}
+
 
 /** "fixed:1s", "exponential:500ms" (base; factor 2), "custom:1s,10s,60s", "none". */
 export function parseRetry(text: string): RetryPolicy {
@@ -90,7 +110,14 @@ export function addJobSpecOptions(command: Command): Command {
     .option("--retry <policy>", "retry a failed attempt: fixed[:1s], exponential[:1s], custom:1s,10s,60s", parseRetry)
     .option("--max-attempts <n>", "attempts in all, the first included (default 3 with --retry)", parseCount)
     .option("--depends-on <job-id>", "run only after this job SUCCEEDED (repeatable)", collect)
-    .option("--at-most-once", "never start it a second time (a lost attempt ends it LOST)");
+    .option("--at-most-once", "never start it a second time (a lost attempt ends it LOST)")
+    .option("--env <NAME=VALUE>", "environment variable for the job (repeatable; stored and shown as given)", collectKeyValue)
+    .option(
+      "--secret-env <NAME[=VALUE]>",
+      "secret variable, sealed on arrival and never shown (repeatable); NAME alone takes the value from this shell's $NAME",
+      collectSecret,
+    )
+    .option("--secret-ref <NAME=REF>", "secret variable read on the agent from its secrets directory file REF (repeatable)", collectKeyValue);
 }
 
 /** The JobSpec that runs `argv` (program, then its arguments verbatim; no shell). */
@@ -98,8 +125,14 @@ export function jobSpecFrom(argv: string[], opts: JobSpecOptions): JobSpec {
   const [command = "", ...args] = argv;
   const selector = { matchLabels: opts.label ?? {}, capabilities: opts.capability ?? [] };
   const constrained = Object.keys(selector.matchLabels).length > 0 || selector.capabilities.length > 0;
+  const secretEnv: Record<string, SecretValue> = {};
+  for (const [name, value] of Object.entries(opts.secretEnv ?? {})) secretEnv[name] = { source: { $case: "value", value }, redacted: false };
+  for (const [name, ref] of Object.entries(opts.secretRef ?? {})) {
+    if (secretEnv[name]) throw new Error(`${name} is given by both --secret-env and --secret-ref`);
+    secretEnv[name] = { source: { $case: "agentRef", value: ref }, redacted: false };
+  }
   return JobSpec.fromPartial({
-    exec: { command, args },
+    exec: { command, args, env: opts.env ?? {}, secretEnv },
     timeout: opts.timeout === undefined ? undefined : msToDuration(opts.timeout),
     priority: (opts.priority && PRIORITIES[opts.priority]) || Priority.PRIORITY_UNSPECIFIED,
     tags: opts.tag ?? {},
@@ -157,6 +190,8 @@ function describeJob(job: Job, nowMs: number): string {
     ["exit code", exitSummary(job)],
     ...(error ? [["error", error] as [string, string]] : []),
     ["tags", formatMap(job.spec?.tags ?? {})],
+    ["env", formatMap(job.spec?.exec?.env ?? {})],
+    ["secret env", formatSecretEnv(job.spec?.exec?.secretEnv ?? {})],
     ["scheduled", formatInstant(job.scheduledAt)],
     ["submitted", formatInstant(job.submittedAt)],
     ["started", formatInstant(job.startedAt)],

@@ -4,13 +4,13 @@
  * polling helpers. Everything disposes itself with `await using`.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { HealthCheckResponse_ServingStatus, HealthClient, SubmitJobRequest, type JobServiceClient } from "@aspen/proto";
-import { createClient, hashToken, newToken, unaryCall } from "@aspen/runtime";
+import { createClient, generateSecretsKeyPair, hashToken, newToken, unaryCall } from "@aspen/runtime";
 
 /** The repository root (this file is libs/testkit/dist/index.js). */
 export const repoRoot = fileURLToPath(new URL("../../../", import.meta.url));
@@ -286,6 +286,20 @@ export function writeTokens(dir: string, agents: number): ClusterTokens {
   return { file, ...t };
 }
 
+/** A secrets key pair and an empty agents' secrets directory under `dir`. */
+export function provisionSecrets(dir: string): ClusterSecrets {
+  const pair = generateSecretsKeyPair();
+  const secrets = {
+    publicKeyFile: join(dir, "secrets.pub"),
+    privateKeyFile: join(dir, "secrets.key"),
+    dir: join(dir, "agent-secrets"),
+  };
+  writeFileSync(secrets.publicKeyFile, pair.publicKeyPem);
+  writeFileSync(secrets.privateKeyFile, pair.privateKeyPem, { mode: 0o600 });
+  mkdirSync(secrets.dir, { recursive: true });
+  return secrets;
+}
+
 export interface ClusterOptions {
   /** Agents to start; each gets `slots` slots. Default 1. */
   agents?: number;
@@ -307,6 +321,22 @@ export interface ClusterOptions {
   serviceEnv?: (name: ServiceName) => Record<string, string>;
   /** Extra nats-server configuration (e.g. an authorization block). */
   natsConfig?: string;
+  /**
+   * Provision secrets: a key pair (public key to the scheduler and
+   * job-manager, private key to the agents) and an agents' secrets directory.
+   * Default true; false starts every service without them.
+   */
+  secrets?: boolean;
+}
+
+/** What startCluster provisioned for secret job variables. */
+export interface ClusterSecrets {
+  /** ASPEN_SECRETS_PUBLIC_KEY_FILE of the scheduler and job-manager. */
+  publicKeyFile: string;
+  /** ASPEN_SECRETS_PRIVATE_KEY_FILE of the agents. */
+  privateKeyFile: string;
+  /** ASPEN_AGENT_SECRETS_DIR of every agent (write files there for agent_ref). */
+  dir: string;
 }
 
 export interface Cluster extends AsyncDisposable {
@@ -320,6 +350,8 @@ export interface Cluster extends AsyncDisposable {
   agents: ServiceProcess[];
   /** Bearer tokens of each role (agents: one per agent, bound to its worker id). */
   tokens: ClusterTokens;
+  /** Undefined when started with `secrets: false`. */
+  secrets: ClusterSecrets | undefined;
   addr: { scheduler: string; jobManager: string; coordinator: string; jobManagers: string[] };
   /** Environment each service was started with (to restart one the same way). */
   envFor(name: "scheduler" | "job-manager" | "coordinator"): Record<string, string>;
@@ -359,9 +391,17 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
       OTEL_SDK_DISABLED: "true",
       ...options.env,
     };
+    const secrets = options.secrets === false ? undefined : provisionSecrets(nats.storeDir);
+    const sealing: Record<string, string> = secrets ? { ASPEN_SECRETS_PUBLIC_KEY_FILE: secrets.publicKeyFile } : {};
     const envs = {
-      scheduler: { ...common, ASPEN_GRPC_PORT: String(sp), ...options.serviceEnv?.("scheduler") },
-      "job-manager": { ...common, ASPEN_GRPC_PORT: String(jp), ...options.jobManagerEnv, ...options.serviceEnv?.("job-manager") },
+      scheduler: { ...common, ...sealing, ASPEN_GRPC_PORT: String(sp), ...options.serviceEnv?.("scheduler") },
+      "job-manager": {
+        ...common,
+        ...sealing,
+        ASPEN_GRPC_PORT: String(jp),
+        ...options.jobManagerEnv,
+        ...options.serviceEnv?.("job-manager"),
+      },
       coordinator: { ...common, ASPEN_GRPC_PORT: String(cp), ...options.serviceEnv?.("coordinator") },
     };
     const addrOf = { scheduler: addr.scheduler, "job-manager": addr.jobManager, coordinator: addr.coordinator };
@@ -396,6 +436,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
           ASPEN_SLOTS: String(options.slots ?? 4),
           ASPEN_HEALTH_HOST: "127.0.0.1",
           ASPEN_HEALTH_PORT: String(healthPort),
+          ...(secrets ? { ASPEN_SECRETS_PRIVATE_KEY_FILE: secrets.privateKeyFile, ASPEN_AGENT_SECRETS_DIR: secrets.dir } : {}),
           ...options.serviceEnv?.("agent"),
           ...options.agentEnv?.(i),
         },
@@ -413,6 +454,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
     );
     const cluster: Cluster = {
       tokens,
+      secrets,
       nats,
       scheduler,
       jobManager,
