@@ -22,4 +22,6 @@ const pair = generateSecretsKeyPair();
 writeFileSync(key, pair.privateKeyPem, { mode: 0o600 });
 chmodSync(key, 0o600);
 writeFileSync(pub, pair.publicKeyPem);
-console.log(`secrets key ${SecretSealer.fromPem(pair.publicKeyPem).keyId}: public ${pub} (control plane), private ${key} (agents only)`);
+console.log(
+  `secrets key ${SecretSealer.fromPem(pair.publicKeyPem).keyId}: public ${pub} (control plane), private ${key} (agents only)`,
+);

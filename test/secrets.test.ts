@@ -29,7 +29,7 @@ import {
   type OutputChunk,
   type SecretValue,
 } from "@aspen/proto";
-import { AspenError, createClient, unaryCall } from "@aspen/runtime";
+import { type AspenError, createClient, unaryCall } from "@aspen/runtime";
 import { repoRoot, startCluster, startOtlpReceiver, waitFor, type Cluster, type OtlpReceiver } from "@aspen/testkit";
 
 const S = JobState;
@@ -178,7 +178,12 @@ describe("secrets in job environments", () => {
 
     // The full output in the object store is the redacted one.
     const chunks: OutputChunk[] = [];
-    for await (const c of jobs.streamJobOutput({ jobId: "secret-1", attempt: 0, follow: false, streams: [] }) as AsyncIterable<OutputChunk>)
+    for await (const c of jobs.streamJobOutput({
+      jobId: "secret-1",
+      attempt: 0,
+      follow: false,
+      streams: [],
+    }) as AsyncIterable<OutputChunk>)
       chunks.push(c);
     const stored = Buffer.concat(chunks.map((c) => Buffer.from(c.data)));
     expect(stored.toString()).toContain("api=[REDACTED]");
@@ -273,7 +278,10 @@ describe("secrets in job environments", () => {
   });
 
   it("refuses an attempt whose agent reference is missing, with the reason", async () => {
-    await submit({ jobId: "secret-missing", spec: { exec: { command: "true", secretEnv: { DB_PASSWORD: ref("no-such-secret") } } } });
+    await submit({
+      jobId: "secret-missing",
+      spec: { exec: { command: "true", secretEnv: { DB_PASSWORD: ref("no-such-secret") } } },
+    });
     const done = await finished("secret-missing");
     expect(done.state).toBe(S.JOB_STATE_FAILED);
     expect(done.result?.details?.refused).toBe(true);
@@ -287,7 +295,9 @@ describe("secrets in job environments", () => {
       submit({ spec: { exec: { command: "true", env: { API_KEY: "x" }, secretEnv: { API_KEY: inline("also-a-value") } } } }),
     );
     expect(both.code).toBe(status.INVALID_ARGUMENT);
-    expect(both.message).toBe('spec.exec.secret_env["API_KEY"]: also set in exec.env; a variable is either plain (env) or secret (secret_env), not both');
+    expect(both.message).toBe(
+      'spec.exec.secret_env["API_KEY"]: also set in exec.env; a variable is either plain (env) or secret (secret_env), not both',
+    );
     const traversal = await errorOf(submit({ spec: { exec: { command: "true", secretEnv: { K: ref("../etc/shadow") } } } }));
     expect(traversal.code).toBe(status.INVALID_ARGUMENT);
     expect(traversal.message).toMatch(/^spec.exec.secret_env\["K"\].agent_ref: must match/);
@@ -333,7 +343,9 @@ describe("secrets without a key", () => {
 
   it("refuses an inline value with FAILED_PRECONDITION naming the setting, and takes an agent reference", async () => {
     const secretEnv = { API_KEY: inline("no-key-to-seal-it") };
-    const job = await errorOf(unaryCall(jobs.submitJob.bind(jobs), SubmitJobRequest.fromPartial({ spec: { exec: { command: "true", secretEnv } } })));
+    const job = await errorOf(
+      unaryCall(jobs.submitJob.bind(jobs), SubmitJobRequest.fromPartial({ spec: { exec: { command: "true", secretEnv } } })),
+    );
     expect(job.code).toBe(status.FAILED_PRECONDITION);
     expect(job.message).toMatch(/^spec.exec.secret_env\["API_KEY"\].value: .*ASPEN_SECRETS_PUBLIC_KEY_FILE is not set/);
     const schedule = await errorOf(

@@ -73,10 +73,10 @@ export function collectSecret(text: string, previous: Record<string, string> = {
   if (at === 0) throw new InvalidArgumentError("expected NAME=VALUE or NAME");
   if (at > 0) return { ...previous, [text.slice(0, at)]: text.slice(at + 1) };
   const value = process.env[text];
-  if (value === undefined) throw new InvalidArgumentError(`${text} is not set in this environment (give NAME=VALUE, or export ${text})`);
+  if (value === undefined)
+    throw new InvalidArgumentError(`${text} is not set in this environment (give NAME=VALUE, or export ${text})`);
   return { ...previous, [text]: value };
 }
-
 
 /** "fixed:1s", "exponential:500ms" (base; factor 2), "custom:1s,10s,60s", "none". */
 export function parseRetry(text: string): RetryPolicy {
@@ -117,7 +117,11 @@ export function addJobSpecOptions(command: Command): Command {
       "secret variable, sealed on arrival and never shown (repeatable); NAME alone takes the value from this shell's $NAME",
       collectSecret,
     )
-    .option("--secret-ref <NAME=REF>", "secret variable read on the agent from its secrets directory file REF (repeatable)", collectKeyValue);
+    .option(
+      "--secret-ref <NAME=REF>",
+      "secret variable read on the agent from its secrets directory file REF (repeatable)",
+      collectKeyValue,
+    );
 }
 
 /** The JobSpec that runs `argv` (program, then its arguments verbatim; no shell). */
@@ -126,7 +130,8 @@ export function jobSpecFrom(argv: string[], opts: JobSpecOptions): JobSpec {
   const selector = { matchLabels: opts.label ?? {}, capabilities: opts.capability ?? [] };
   const constrained = Object.keys(selector.matchLabels).length > 0 || selector.capabilities.length > 0;
   const secretEnv: Record<string, SecretValue> = {};
-  for (const [name, value] of Object.entries(opts.secretEnv ?? {})) secretEnv[name] = { source: { $case: "value", value }, redacted: false };
+  for (const [name, value] of Object.entries(opts.secretEnv ?? {}))
+    secretEnv[name] = { source: { $case: "value", value }, redacted: false };
   for (const [name, ref] of Object.entries(opts.secretRef ?? {})) {
     if (secretEnv[name]) throw new Error(`${name} is given by both --secret-env and --secret-ref`);
     secretEnv[name] = { source: { $case: "agentRef", value: ref }, redacted: false };

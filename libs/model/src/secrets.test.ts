@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { Job, JobSpec, Schedule } from "@aspen/proto";
-import { AspenError, generateSecretsKeyPair, SecretOpener, SecretSealer } from "@aspen/runtime";
+import { type AspenError, generateSecretsKeyPair, SecretOpener, SecretSealer } from "@aspen/runtime";
 import { validateJobSpec } from "./job-spec.js";
 import { keepStoredSecrets, redactJob, redactSchedule, sealJobSpec, SECRET_ENV_MAX } from "./secrets.js";
 
@@ -35,10 +35,14 @@ describe("secret_env", () => {
     expect(() => validateJobSpec(withSecrets())).not.toThrow();
     const bad = (secretEnv: object, env: Record<string, string> = {}) =>
       message(() => validateJobSpec(JobSpec.fromPartial({ exec: { command: "x", env, secretEnv } })));
-    expect(bad({ "1X": { source: { $case: "agentRef", value: "a" } } })).toMatch(/^3 spec.exec.secret_env\["1X"\]: key must match/);
+    expect(bad({ "1X": { source: { $case: "agentRef", value: "a" } } })).toMatch(
+      /^3 spec.exec.secret_env\["1X"\]: key must match/,
+    );
     expect(bad({ X: {} })).toBe('3 spec.exec.secret_env["X"]: required: one of value, agent_ref or sealed');
     expect(bad({ X: { redacted: true } })).toMatch(/redacted: a secret read back has no value/);
-    expect(bad({ X: { source: { $case: "agentRef", value: "../x" } } })).toMatch(/^3 spec.exec.secret_env\["X"\].agent_ref: must match/);
+    expect(bad({ X: { source: { $case: "agentRef", value: "../x" } } })).toMatch(
+      /^3 spec.exec.secret_env\["X"\].agent_ref: must match/,
+    );
     expect(bad({ X: { source: { $case: "value", value: "v".repeat(65_537) } } })).toBe(
       '3 spec.exec.secret_env["X"].value: longer than 65536 bytes',
     );
@@ -70,7 +74,9 @@ describe("secret_env", () => {
     expect(message(() => sealJobSpec(withSecrets(), undefined))).toMatch(
       /^9 spec.exec.secret_env\["API_KEY"\].value: inline secret values need this service's public key \(ASPEN_SECRETS_PUBLIC_KEY_FILE is not set\)/,
     );
-    const refOnly = JobSpec.fromPartial({ exec: { command: "x", secretEnv: { A: { source: { $case: "agentRef", value: "a" } } } } });
+    const refOnly = JobSpec.fromPartial({
+      exec: { command: "x", secretEnv: { A: { source: { $case: "agentRef", value: "a" } } } },
+    });
     expect(sealJobSpec(refOnly, undefined)).toBe(refOnly);
   });
 

@@ -6,13 +6,7 @@
  * @aspen/runtime's `SecretSealer`; agents open the sealed values.
  */
 import type { ExecSpec, Job, JobSpec, Schedule, SecretValue } from "@aspen/proto";
-import {
-  FailedPreconditionError,
-  InvalidArgumentError,
-  isSealedForm,
-  SEALED_OVERHEAD,
-  type SecretSealer,
-} from "@aspen/runtime";
+import { FailedPreconditionError, InvalidArgumentError, isSealedForm, SEALED_OVERHEAD, type SecretSealer } from "@aspen/runtime";
 
 /** Names of files in an agent's secrets directory: a safe alphabet, no path separators, no leading dot. */
 export const SECRET_REF = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
@@ -36,7 +30,10 @@ export function validateSecretEnv(exec: ExecSpec, field: string, envNameRule: Re
     const f = key(field, name);
     if (!envNameRule.test(name)) throw new InvalidArgumentError(f, `key must match ${envNameRule}`);
     if (Object.hasOwn(exec.env, name)) {
-      throw new InvalidArgumentError(f, "also set in exec.env; a variable is either plain (env) or secret (secret_env), not both");
+      throw new InvalidArgumentError(
+        f,
+        "also set in exec.env; a variable is either plain (env) or secret (secret_env), not both",
+      );
     }
     const secret = exec.secretEnv[name]!;
     const source = secret.source;
@@ -56,11 +53,15 @@ export function validateSecretEnv(exec: ExecSpec, field: string, envNameRule: Re
         break;
       case "agentRef":
         if (!SECRET_REF.test(source.value)) {
-          throw new InvalidArgumentError(`${f}.agent_ref`, `must match ${SECRET_REF} (a file name in the agent's secrets directory)`);
+          throw new InvalidArgumentError(
+            `${f}.agent_ref`,
+            `must match ${SECRET_REF} (a file name in the agent's secrets directory)`,
+          );
         }
         break;
       case "sealed":
-        if (!isSealedForm(source.value)) throw new InvalidArgumentError(`${f}.sealed`, "not a sealed value (unknown version or too short)");
+        if (!isSealedForm(source.value))
+          throw new InvalidArgumentError(`${f}.sealed`, "not a sealed value (unknown version or too short)");
         if (source.value.length > SECRET_VALUE_MAX_BYTES + SEALED_OVERHEAD)
           throw new InvalidArgumentError(`${f}.sealed`, `longer than ${SECRET_VALUE_MAX_BYTES + SEALED_OVERHEAD} bytes`);
         break;
@@ -70,7 +71,8 @@ export function validateSecretEnv(exec: ExecSpec, field: string, envNameRule: Re
 
 function hasInlineValue(spec: JobSpec): boolean {
   return (
-    Object.values(spec.exec?.secretEnv ?? {}).some((s) => s.source?.$case === "value") || spec.then.some((step) => hasInlineValue(step))
+    Object.values(spec.exec?.secretEnv ?? {}).some((s) => s.source?.$case === "value") ||
+    spec.then.some((step) => hasInlineValue(step))
   );
 }
 

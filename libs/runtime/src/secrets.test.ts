@@ -56,10 +56,12 @@ describe("sealed secrets", () => {
       expect(() => opener.open("API_KEY", altered)).toThrow(SecretOpenError);
     }
     const other = SecretOpener.fromPem([generateSecretsKeyPair().privateKeyPem]);
-    expect(() => other.open("API_KEY", sealed)).toThrow(new RegExp(`sealed to key ${sealer.keyId}, which this agent does not hold`));
-    expect(() => opener.open("API_KEY", Buffer.from("not sealed at all, just text............................................"))).toThrow(
-      /not a sealed value/,
+    expect(() => other.open("API_KEY", sealed)).toThrow(
+      new RegExp(`sealed to key ${sealer.keyId}, which this agent does not hold`),
     );
+    expect(() =>
+      opener.open("API_KEY", Buffer.from("not sealed at all, just text............................................")),
+    ).toThrow(/not a sealed value/);
     expect(() => opener.open("API_KEY", new Uint8Array(3))).toThrow(/not a sealed value/);
     try {
       opener.open("OTHER", sealed);

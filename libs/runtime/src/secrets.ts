@@ -118,7 +118,10 @@ export class SecretSealer {
     const iv = randomBytes(IV_BYTES);
     const cipher = createCipheriv("aes-256-gcm", key, iv);
     cipher.setAAD(aad(name));
-    const body = Buffer.concat([cipher.update(typeof plaintext === "string" ? Buffer.from(plaintext) : plaintext), cipher.final()]);
+    const body = Buffer.concat([
+      cipher.update(typeof plaintext === "string" ? Buffer.from(plaintext) : plaintext),
+      cipher.final(),
+    ]);
     return Buffer.concat([Buffer.from([VERSION]), keyIdOf(this.raw), ephemeralRaw, iv, body, cipher.getAuthTag()]);
   }
 }
@@ -161,7 +164,10 @@ export class SecretOpener {
     const body = buf.subarray(offset, buf.length - TAG_BYTES);
     const tag = buf.subarray(buf.length - TAG_BYTES);
     try {
-      const ephemeral = createPublicKey({ key: { kty: "OKP", crv: "X25519", x: ephemeralRaw.toString("base64url") }, format: "jwk" });
+      const ephemeral = createPublicKey({
+        key: { kty: "OKP", crv: "X25519", x: ephemeralRaw.toString("base64url") },
+        format: "jwk",
+      });
       const shared = diffieHellman({ privateKey: key.privateKey, publicKey: ephemeral });
       const decipher = createDecipheriv("aes-256-gcm", deriveKey(shared, ephemeralRaw, key.raw), iv);
       decipher.setAAD(aad(name));

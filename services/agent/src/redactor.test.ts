@@ -69,7 +69,12 @@ describe("StreamRedactor", () => {
     const noise = randomBytes(1000);
     const r = new StreamRedactor([value]);
     const text = Buffer.concat([noise, value, noise]);
-    const out = Buffer.concat([r.push(text.subarray(0, 1003)), r.push(text.subarray(1003, 1005)), r.push(text.subarray(1005)), r.end()]);
+    const out = Buffer.concat([
+      r.push(text.subarray(0, 1003)),
+      r.push(text.subarray(1003, 1005)),
+      r.push(text.subarray(1005)),
+      r.end(),
+    ]);
     expect(out.includes(value)).toBe(false);
     expect(out.equals(Buffer.concat([noise, Buffer.from("[REDACTED]"), noise]))).toBe(true);
   });

@@ -22,7 +22,10 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 const pair = generateSecretsKeyPair();
 const sealer = SecretSealer.fromPem(pair.publicKeyPem);
 const resolver = new SecretResolver({ opener: SecretOpener.fromPem([pair.privateKeyPem]), dir: secretsDir });
-const sealed = (name: string, value: string): SecretValue => ({ source: { $case: "sealed", value: sealer.seal(name, value) }, redacted: false });
+const sealed = (name: string, value: string): SecretValue => ({
+  source: { $case: "sealed", value: sealer.seal(name, value) },
+  redacted: false,
+});
 const ref = (name: string): SecretValue => ({ source: { $case: "agentRef", value: name }, redacted: false });
 const refusal = (fn: () => unknown): string => {
   try {
@@ -51,9 +54,9 @@ describe("SecretResolver", () => {
     expect(moved).toMatch(/^secret_env OTHER: the sealed value does not open/);
     expect(moved).not.toContain("sealed-value-1");
     const otherKey = SecretSealer.fromPem(generateSecretsKeyPair().publicKeyPem);
-    expect(refusal(() => resolver.resolve("K", { source: { $case: "sealed", value: otherKey.seal("K", "v") }, redacted: false }))).toMatch(
-      /sealed to key [0-9a-f]{16}, which this agent does not hold/,
-    );
+    expect(
+      refusal(() => resolver.resolve("K", { source: { $case: "sealed", value: otherKey.seal("K", "v") }, redacted: false })),
+    ).toMatch(/sealed to key [0-9a-f]{16}, which this agent does not hold/);
     expect(refusal(() => resolver.resolve("K", { source: { $case: "value", value: "clear" }, redacted: false }))).toMatch(
       /an unsealed value reached the agent/,
     );
@@ -86,7 +89,9 @@ describe("secret_env in admission and execution", () => {
       `env DB_PASSWORD: denied by this agent's environment policy (pattern "*PASSWORD*"); a secret belongs in secret_env`,
     );
     expect(
-      refusal(() => admit(JobSpec.fromPartial({ exec: { command: "true", secretEnv: { LD_PRELOAD: ref("db-password") } } }), compiled)),
+      refusal(() =>
+        admit(JobSpec.fromPartial({ exec: { command: "true", secretEnv: { LD_PRELOAD: ref("db-password") } } }), compiled),
+      ),
     ).toBe(`secret_env LD_PRELOAD: denied by this agent's environment policy (env.secretDeny pattern "LD_*")`);
     expect(
       refusal(() => admit(JobSpec.fromPartial({ exec: { command: "true", secretEnv: { X: ref("missing") } } }), compiled)),

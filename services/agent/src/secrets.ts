@@ -44,7 +44,9 @@ export class SecretResolver {
     switch (source.$case) {
       case "value":
         // The control plane seals inline values; one arriving in clear is not used.
-        throw new Refusal(`${what}: an unsealed value reached the agent; the control plane must seal it (ASPEN_SECRETS_PUBLIC_KEY_FILE)`);
+        throw new Refusal(
+          `${what}: an unsealed value reached the agent; the control plane must seal it (ASPEN_SECRETS_PUBLIC_KEY_FILE)`,
+        );
       case "sealed": {
         const opener = this.options.opener;
         if (!opener) throw new Refusal(`${what}: sealed, but this agent has no private key (ASPEN_SECRETS_PRIVATE_KEY_FILE)`);
@@ -60,20 +62,25 @@ export class SecretResolver {
         value = this.readRef(what, source.value);
         break;
     }
-    if (value.includes("\0")) throw new Refusal(`${what}: the value contains a NUL byte, which an environment variable cannot hold`);
+    if (value.includes("\0"))
+      throw new Refusal(`${what}: the value contains a NUL byte, which an environment variable cannot hold`);
     return value;
   }
 
   private readRef(what: string, ref: string): string {
     const dir = this.options.dir;
-    if (!dir) throw new Refusal(`${what}: agent_ref ${JSON.stringify(ref)}, but this agent has no secrets directory (ASPEN_AGENT_SECRETS_DIR)`);
+    if (!dir)
+      throw new Refusal(
+        `${what}: agent_ref ${JSON.stringify(ref)}, but this agent has no secrets directory (ASPEN_AGENT_SECRETS_DIR)`,
+      );
     // The name has no separator and no leading dot, so it cannot leave the directory (checked again here).
     if (!SECRET_REF.test(ref)) throw new Refusal(`${what}: agent_ref ${JSON.stringify(ref)} must match ${SECRET_REF}`);
     const path = join(dir, ref);
     let size: number;
     try {
       const st = statSync(path);
-      if (!st.isFile()) throw new Refusal(`${what}: agent_ref ${JSON.stringify(ref)} is not a file in this agent's secrets directory ${dir}`);
+      if (!st.isFile())
+        throw new Refusal(`${what}: agent_ref ${JSON.stringify(ref)} is not a file in this agent's secrets directory ${dir}`);
       size = st.size;
     } catch (err) {
       if (err instanceof Refusal) throw err;
@@ -90,7 +97,9 @@ export class SecretResolver {
     try {
       text = readFileSync(path, "utf8");
     } catch (err) {
-      throw new Refusal(`${what}: agent_ref ${JSON.stringify(ref)} cannot be read (${(err as NodeJS.ErrnoException).code ?? "error"})`);
+      throw new Refusal(
+        `${what}: agent_ref ${JSON.stringify(ref)} cannot be read (${(err as NodeJS.ErrnoException).code ?? "error"})`,
+      );
     }
     // One trailing newline is what `echo value > file` adds; it is not part of the secret.
     return text.endsWith("\r\n") ? text.slice(0, -2) : text.endsWith("\n") ? text.slice(0, -1) : text;
