@@ -104,7 +104,7 @@ describe("agent policy", () => {
       /cwd ".*\/link-out" resolves to .*\/elsewhere, outside/,
     );
     expect(await refused("env-denied", { exec: { command: "env", env: { GITHUB_TOKEN: "x" } } })).toBe(
-      'env GITHUB_TOKEN: denied by this agent\'s environment policy (pattern "*TOKEN*")',
+      'env GITHUB_TOKEN: denied by this agent\'s environment policy (pattern "*TOKEN*"); a secret belongs in secret_env',
     );
     expect(await refused("env-preload", { exec: { command: "env", env: { LD_PRELOAD: "/tmp/evil.so" } } })).toMatch(
       /pattern "LD_\*"/,

@@ -72,7 +72,7 @@ describe("admission", () => {
   it("refuses job variables the env policy denies, naming the variable and the pattern", () => {
     const p = compile({});
     expect(refusal(() => admit(spec({ exec: { command: "true", env: { API_TOKEN: "x" } } }), p))).toBe(
-      'env API_TOKEN: denied by this agent\'s environment policy (pattern "*TOKEN*")',
+      'env API_TOKEN: denied by this agent\'s environment policy (pattern "*TOKEN*"); a secret belongs in secret_env',
     );
     expect(refusal(() => admit(spec({ exec: { command: "true", env: { ld_preload: "/x.so" } } }), p))).toMatch(/pattern "LD_\*"/);
     expect(refusal(() => admit(spec({ exec: { command: "true", env: { db_password: "x" } } }), p))).toMatch(/PASSWORD/);
