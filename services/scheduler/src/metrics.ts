@@ -13,6 +13,15 @@ export const Metrics = {
   skipped: "aspen.scheduler.skipped_fires",
 } as const;
 
+/**
+ * Upper bounds of the fire-lag histogram's buckets, ms: 1 ms steps up to 10 ms
+ * (the precision targets are 5 ms and 50 ms), coarser after.
+ */
+export const FIRE_LAG_BUCKETS_MS = [
+  1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 15, 20, 25, 30, 40, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 2000, 3000, 5000, 10000, 30000,
+  60000,
+];
+
 export interface SchedulerMetrics {
   fired(lagMs: number): void;
   missed(n: number): void;
@@ -24,6 +33,7 @@ export function createMetrics(): SchedulerMetrics {
   const lag = meter.createHistogram(Metrics.fireLag, {
     unit: "ms",
     description: "submission acknowledged by the job-manager minus nominal instant",
+    advice: { explicitBucketBoundaries: FIRE_LAG_BUCKETS_MS },
   });
   const fires = meter.createCounter(Metrics.fires, { description: "scheduled fires submitted" });
   const missed = meter.createCounter(Metrics.missed, { description: "fires missed (scheduler down, paused, catch-up policy)" });

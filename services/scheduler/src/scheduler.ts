@@ -12,6 +12,7 @@
  * leads next starts from it, and what lies more than the misfire grace behind
  * now is "missed" and handled by the schedule's catch-up policy.
  */
+import { performance } from "node:perf_hooks";
 import {
   CatchUpPolicy,
   ConflictPolicy,
@@ -85,6 +86,13 @@ export interface SchedulerOptions {
   misfireGraceMs?: number;
   /** How often queued fires (conflict QUEUE) check whether the running job ended, ms. Default 500. */
   queuePollMs?: number;
+  /**
+   * Most fires in progress at once (record, submit, outcome); the rest wait
+   * their turn, oldest first. Keeps a burst of instants due together (1,000
+   * schedules on the same second) from flooding the event loop, NATS and the
+   * job-manager in one tick. Default 128.
+   */
+  maxConcurrentFires?: number;
   metrics?: SchedulerMetrics;
   clock?: () => number;
   /**
@@ -98,7 +106,16 @@ export interface SchedulerOptions {
 interface Armed {
   record: Versioned<Schedule>;
   rule: FireRule;
-  specKey: string;
+  /** The spec object the rule was compiled from: a record that carries this very object needs no comparison. */
+  spec: ScheduleSpec | undefined;
+  /** JSON of that spec, computed when first needed (a record with another spec object is compared by it). */
+  specKey?: string;
+}
+
+interface FireOutcome {
+  outcome: "submitted" | "queued" | "skipped";
+  reason: string;
+  created: boolean;
 }
 
 type FireMode = "schedule" | "catch-up" | "queued" | "trigger" | "backfill" | "recover";
@@ -110,6 +127,8 @@ const MAX_PAGE = 1000;
 const MAX_PREVIEW = 1000;
 const MAX_BACKFILL = 1000;
 const SUBMIT_BACKOFF_MAX_MS = 5_000;
+const DEFAULT_MAX_CONCURRENT_FIRES = 128;
+const NO_STATUS: ScheduleStatus = ScheduleStatus.fromPartial({});
 const S = JobState;
 const ACTIVE = [S.JOB_STATE_PENDING, S.JOB_STATE_QUEUED, S.JOB_STATE_ASSIGNED, S.JOB_STATE_RUNNING];
 
@@ -121,8 +140,9 @@ class FencedError extends AspenError {
   }
 }
 
+/** The record's status (records are never mutated in place: a change builds a new one). */
 function statusOf(s: Schedule): ScheduleStatus {
-  return ScheduleStatus.fromPartial(s.status ?? {});
+  return s.status ?? NO_STATUS;
 }
 
 export class Scheduler {
@@ -134,6 +154,10 @@ export class Scheduler {
   private readonly tails = new Map<string, Promise<void>>();
   private readonly replicaId: string;
   private readonly graceMs: number;
+  private readonly maxConcurrentFires: number;
+  /** Fires in progress, and those waiting for a slot (FIFO). */
+  private firing = 0;
+  private readonly fireSlots: Array<() => void> = [];
   private leading = false;
   private token = 0;
   private closed = false;
@@ -145,6 +169,7 @@ export class Scheduler {
     this.log = options.log;
     this.replicaId = options.replicaId ?? "scheduler";
     this.graceMs = options.misfireGraceMs ?? 5_000;
+    this.maxConcurrentFires = Math.max(1, options.maxConcurrentFires ?? DEFAULT_MAX_CONCURRENT_FIRES);
     this.timers = new TimerQueue((id, dueMs) => this.chain(id, () => this.runDue(id, dueMs)), this.clock);
   }
 
@@ -162,7 +187,12 @@ export class Scheduler {
 
   /** Loads every schedule and follows the bucket. Fires nothing until lead() is called. */
   async start(): Promise<void> {
-    this.stopWatch = await this.options.schedules.watch(">", (key, value) => this.onChange(key, value));
+    // The echo of a write of ours (or of anything already read) is skipped before it is decoded.
+    this.stopWatch = await this.options.schedules.watch(
+      ">",
+      (key, value) => this.onChange(key, value),
+      (key, revision) => (this.schedules.get(key)?.record.revision ?? 0) >= revision,
+    );
     const all = await this.options.schedules.all();
     for (const record of all) this.load(record);
     this.log.info({ schedules: all.length }, "schedules loaded");
@@ -173,7 +203,7 @@ export class Scheduler {
     try {
       validateScheduleSpec(s.spec, undefined);
       const rule = compileRule(s.spec, { createdAtMs: s.createdAt?.getTime() ?? this.clock(), scheduleId: s.id });
-      const armed = { record, rule, specKey: specKey(s) };
+      const armed: Armed = { record, rule, spec: s.spec };
       this.schedules.set(s.id, armed);
       return armed;
     } catch (err) {
@@ -199,7 +229,7 @@ export class Scheduler {
       known.record = value;
       return;
     }
-    const armed = known && known.specKey === specKey(value.value) ? Object.assign(known, { record: value }) : this.load(value);
+    const armed = known && sameSpec(known, value.value) ? Object.assign(known, { record: value }) : this.load(value);
     if (armed && this.leading) this.reconcile(key, false);
   }
 
@@ -264,7 +294,7 @@ export class Scheduler {
     const revision = await this.options.schedules.create(id, schedule).catch((err: unknown) => {
       throw err instanceof AlreadyExistsError ? new AlreadyExistsError("schedule", id) : err;
     });
-    this.schedules.set(id, { record: { key: id, value: schedule, revision }, rule, specKey: specKey(schedule) });
+    this.schedules.set(id, { record: { key: id, value: schedule, revision }, rule, spec: schedule.spec });
     if (next !== undefined && this.leading) this.timers.arm(id, next);
     this.log.info({ schedule: id, next: next && new Date(next).toISOString() }, "schedule created");
     return schedule;
@@ -341,7 +371,7 @@ export class Scheduler {
     if (merged) validateJobSpec(merged, "job");
     const job = merged && sealJobSpec(merged, this.options.sealer, "job");
     const id = request.scheduleId;
-    const specChanged = request.spec !== undefined && JSON.stringify(request.spec) !== armed.specKey;
+    const specChanged = request.spec !== undefined && JSON.stringify(request.spec) !== keyOf(armed);
     const createdAtMs = armed.record.value.createdAt?.getTime() ?? now;
     const rule = request.spec && specChanged ? compileRule(request.spec, { createdAtMs, scheduleId: id }) : armed.rule;
     if (specChanged) this.timers.disarm(id);
@@ -364,7 +394,7 @@ export class Scheduler {
     });
     if (specChanged) {
       const current = this.schedules.get(id);
-      if (current) Object.assign(current, { rule, specKey: specKey(updated) });
+      if (current) Object.assign(current, { rule, spec: updated.spec, specKey: specKey(updated) });
       if (this.leading) this.reconcile(id);
     }
     this.log.info({ schedule: id, specChanged, next: updated.status?.nextFireAt?.toISOString() }, "schedule updated");
@@ -674,12 +704,20 @@ export class Scheduler {
    * the job-manager), records the instant, submits, records the outcome and
    * the next instant (`nextMs`, computed from the rule when not given).
    */
-  private async fire(
-    id: string,
-    at: number,
-    mode: FireMode,
-    nextMs?: number,
-  ): Promise<{ outcome: "submitted" | "queued" | "skipped"; reason: string; created: boolean }> {
+  private async fire(id: string, at: number, mode: FireMode, nextMs?: number): Promise<FireOutcome> {
+    if (this.firing >= this.maxConcurrentFires) await new Promise<void>((resolve) => this.fireSlots.push(resolve));
+    else this.firing++;
+    try {
+      return await this.fireNow(id, at, mode, nextMs);
+    } finally {
+      // The slot passes straight to the oldest waiter, if any.
+      const nextInLine = this.fireSlots.shift();
+      if (nextInLine) nextInLine();
+      else this.firing--;
+    }
+  }
+
+  private async fireNow(id: string, at: number, mode: FireMode, nextMs?: number): Promise<FireOutcome> {
     const armed = this.schedules.get(id);
     if (!armed) throw new NotFoundError("schedule", id);
     const spec = armed.record.value.spec;
@@ -688,7 +726,7 @@ export class Scheduler {
     const advances = scheduled || mode === "recover";
     const fireCount = statusOf(armed.record.value).fireCount;
     const computeNext = (s: Schedule, step: number) =>
-      nextMs !== undefined ? nextMs : compileRuleFor(this, id, s).next(at, statusOf(s).fireCount + 1, step);
+      nextMs !== undefined ? nextMs : this.ruleFor(id, s).next(at, statusOf(s).fireCount + 1, step);
 
     // Conflict policy: decided before the instant is recorded, from the job-manager's view.
     const policy = spec?.conflict ?? ConflictPolicy.CONFLICT_POLICY_UNSPECIFIED;
@@ -752,7 +790,9 @@ export class Scheduler {
       }
     }
 
+    const started = performance.now();
     await this.update(id, (s) => ({ ...s, status: { ...statusOf(s), firingAt: new Date(at) } }), true);
+    const recorded = performance.now();
     let created = false;
     let refused = "";
     // Each fire is the root of its own trace: fire → submit → dispatch → place → execute.
@@ -766,9 +806,13 @@ export class Scheduler {
         const job = armed.record.value.job;
         for (let backoffMs = 100; ; backoffMs = Math.min(backoffMs * 2, SUBMIT_BACKOFF_MAX_MS)) {
           try {
-            const res = await this.options.jobs.submit(
-              SubmitJobRequest.fromPartial({ jobId, spec: job, scheduleId: id, scheduledAt: new Date(at) }),
-            );
+            const res = await this.options.jobs.submit({
+              ...EMPTY_SUBMIT,
+              jobId,
+              spec: job,
+              scheduleId: id,
+              scheduledAt: new Date(at),
+            });
             created = res.created;
             return;
           } catch (err) {
@@ -786,6 +830,7 @@ export class Scheduler {
       },
     );
     const lagMs = this.clock() - at;
+    const submitted = performance.now();
     // Exponential: the delay resets when the previous fire's job succeeded, else doubles.
     let resetBackoff = false;
     const previousJob = statusOf(armed.record.value).lastJobId;
@@ -826,7 +871,19 @@ export class Scheduler {
       true,
     );
     if (scheduled) this.options.metrics?.fired(lagMs);
-    this.log.info({ schedule: id, job: jobId, mode, created, lagMs, fireCount: fireCount + (advances ? 1 : 0) }, "fired");
+    this.log.info(
+      {
+        schedule: id,
+        job: jobId,
+        mode,
+        created,
+        lagMs,
+        recordMs: round2(recorded - started),
+        submitMs: round2(submitted - recorded),
+        fireCount: fireCount + (advances ? 1 : 0),
+      },
+      "fired",
+    );
     return { outcome: "submitted", reason: refused, created };
   }
 
@@ -907,7 +964,7 @@ export class Scheduler {
   /** The rule of a record's spec (recompiled when its spec differs from the one armed). */
   ruleFor(id: string, s: Schedule): FireRule {
     const armed = this.schedules.get(id);
-    if (armed && armed.specKey === specKey(s)) return armed.rule;
+    if (armed && sameSpec(armed, s)) return armed.rule;
     return compileRule(s.spec ?? ScheduleSpec.fromPartial({}), {
       createdAtMs: s.createdAt?.getTime() ?? this.clock(),
       scheduleId: id,
@@ -915,10 +972,22 @@ export class Scheduler {
   }
 }
 
-function compileRuleFor(scheduler: Scheduler, id: string, s: Schedule): FireRule {
-  return scheduler.ruleFor(id, s);
-}
-
 function specKey(s: Schedule): string {
   return JSON.stringify(s.spec ?? null);
 }
+
+function keyOf(armed: Armed): string {
+  return (armed.specKey ??= JSON.stringify(armed.spec ?? null));
+}
+
+/** Whether `s` has the spec `armed`'s rule was compiled from (by identity first, then by value). */
+function sameSpec(armed: Armed, s: Schedule): boolean {
+  if (s.spec === armed.spec) return true;
+  if (keyOf(armed) !== specKey(s)) return false;
+  armed.spec = s.spec;
+  return true;
+}
+
+const round2 = (ms: number) => Math.round(ms * 100) / 100;
+
+const EMPTY_SUBMIT: SubmitJobRequest = SubmitJobRequest.fromPartial({});
