@@ -42,18 +42,27 @@ await runMain(log, async () => {
     queuePollMs: config.ASPEN_QUEUE_POLL_MS,
     metrics: createMetrics(),
   });
-  await scheduler.start();
-  const lease = new Lease({
+  // Loading every schedule (100,000: about a second) and taking the lease go on together;
+  // arming waits for the load, and is skipped if the lease was lost meanwhile.
+  const loading = scheduler.start();
+  loading.catch(() => undefined); // awaited below; this only keeps an early failure from being unhandled
+  const lease: Lease = new Lease({
     bucket: await store.bucket("aspen_scheduler_lease", SchedulerLease),
     replicaId,
     ttlMs: config.ASPEN_LEASE_TTL_MS,
     log,
     onAcquire: (token) => {
-      scheduler.lead(token).catch((err: unknown) => log.error({ err: (err as Error).message }, "could not arm schedules"));
+      loading
+        .then(() => (lease.isLeader && lease.fencingToken === token ? scheduler.lead(token) : undefined))
+        .catch((err: unknown) => log.error({ err: (err as Error).message }, "could not arm schedules"));
     },
     onLose: () => scheduler.stepDown(),
   });
   lease.start();
+  await loading.catch(async (err: unknown) => {
+    await lease.close(); // hand the lease back rather than hold it for a ttl while exiting
+    throw err;
+  });
   observeGauge("aspen.scheduler.schedules", { description: "schedules this replica knows (all of them, leader or not)" }, () => [
     [scheduler.size],
   ]);
