@@ -164,6 +164,7 @@ async function lagRun(label, n, target) {
       ASPEN_METRICS_PORT: String(metricsPort),
       ASPEN_METRICS_HOST: "127.0.0.1",
       ...(process.env.BENCH_SCHEDULER_LOG_LEVEL ? { ASPEN_LOG_LEVEL: process.env.BENCH_SCHEDULER_LOG_LEVEL } : {}),
+      ...(process.env.BENCH_MAX_CONCURRENT_FIRES ? { ASPEN_MAX_CONCURRENT_FIRES: process.env.BENCH_MAX_CONCURRENT_FIRES } : {}),
     });
     const client = createClient(SchedulerServiceClient, `127.0.0.1:${c.sp}`);
     const phaseBase = Math.ceil((Date.now() + 15_000) / 10_000) * 10_000;

@@ -20,6 +20,8 @@ export const SchedulerConfigSchema = z.object({
   ASPEN_SECRETS_PUBLIC_KEY_FILE: env.optionalString(),
   /** How often queued fires (conflict QUEUE) ask the job-manager whether the previous run ended, ms. */
   ASPEN_QUEUE_POLL_MS: env.int(500, 50, 60_000),
+  /** Most fires in progress at once (record, submit, outcome); more wait their turn, oldest first. */
+  ASPEN_MAX_CONCURRENT_FIRES: env.int(1_000, 1, 100_000),
 });
 
 export const loadSchedulerConfig = (source?: Record<string, string | undefined>) => loadConfig(SchedulerConfigSchema, source);

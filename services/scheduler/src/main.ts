@@ -40,6 +40,7 @@ await runMain(log, async () => {
     maxSchedules: config.ASPEN_MAX_SCHEDULES,
     misfireGraceMs: config.ASPEN_MISFIRE_GRACE_MS,
     queuePollMs: config.ASPEN_QUEUE_POLL_MS,
+    maxConcurrentFires: config.ASPEN_MAX_CONCURRENT_FIRES,
     metrics: createMetrics(),
   });
   // Loading every schedule (100,000: about a second) and taking the lease go on together;

@@ -88,9 +88,10 @@ export interface SchedulerOptions {
   queuePollMs?: number;
   /**
    * Most fires in progress at once (record, submit, outcome); the rest wait
-   * their turn, oldest first. Keeps a burst of instants due together (1,000
-   * schedules on the same second) from flooding the event loop, NATS and the
-   * job-manager in one tick. Default 128.
+   * their turn, oldest first. A safety net for a stalled job-manager (fires
+   * then pile up as open calls); not a pacing device: by Little's law it caps
+   * throughput at this many per fire duration, so keep it well above
+   * fires-per-second × a normal fire's duration. Default 1000.
    */
   maxConcurrentFires?: number;
   metrics?: SchedulerMetrics;
@@ -127,7 +128,7 @@ const MAX_PAGE = 1000;
 const MAX_PREVIEW = 1000;
 const MAX_BACKFILL = 1000;
 const SUBMIT_BACKOFF_MAX_MS = 5_000;
-const DEFAULT_MAX_CONCURRENT_FIRES = 128;
+const DEFAULT_MAX_CONCURRENT_FIRES = 1000;
 const NO_STATUS: ScheduleStatus = ScheduleStatus.fromPartial({});
 const S = JobState;
 const ACTIVE = [S.JOB_STATE_PENDING, S.JOB_STATE_QUEUED, S.JOB_STATE_ASSIGNED, S.JOB_STATE_RUNNING];

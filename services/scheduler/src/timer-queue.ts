@@ -14,6 +14,8 @@ interface Entry {
 
 /** Longest delay setTimeout accepts; later instants are reached in hops. */
 const MAX_DELAY_MS = 2 ** 31 - 1;
+/** Due entries started per event-loop turn; the rest of a burst continues after pending I/O. */
+const MAX_DUE_PER_TURN = 100;
 
 export class TimerQueue {
   private readonly heap = new MinHeap<Entry>((a, b) => a.dueMs < b.dueMs);
@@ -74,13 +76,27 @@ export class TimerQueue {
 
   private fireDue(): void {
     const now = this.now();
+    let started = 0;
     for (;;) {
       const top = this.heap.peek();
       // Timers may wake a millisecond early; what is not yet due waits for the next wake-up.
       if (!top || top.dueMs > now) break;
+      if (started === MAX_DUE_PER_TURN) {
+        // A burst (thousands due on the same second): the rest after pending I/O has run,
+        // so replies to the fires just started are not held up behind the whole burst.
+        clearTimeout(this.timer);
+        this.timer = undefined;
+        this.timerDueMs = -Infinity; // no arming may start a timer while the continuation is pending
+        setImmediate(() => {
+          this.timerDueMs = Infinity;
+          if (!this.closed) this.fireDue();
+        });
+        return;
+      }
       this.heap.pop();
       if (this.current.get(top.id) !== top.generation) continue;
       this.current.delete(top.id);
+      started++;
       this.onDue(top.id, top.dueMs);
     }
     this.schedule();
