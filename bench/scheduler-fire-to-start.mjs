@@ -45,6 +45,9 @@ try {
   let missedGaps = 0;
   let missedCounted = 0;
   let notSucceeded = 0;
+  // The scheduler's share: SubmitJob acknowledged − instant (GetSchedule's mean and max fire lag).
+  const ackMeans = [];
+  let ackMax = 0;
   for (const scheduleId of ids) {
     const list = (await unaryCall(jobs.listJobs.bind(jobs), ListJobsRequest.fromPartial({ scheduleId, pageSize: 1000 }))).jobs;
     const instants = list.map((j) => j.scheduledAt.getTime()).sort((a, b) => a - b);
@@ -57,6 +60,9 @@ try {
     }
     const s = await unaryCall(scheduler.getSchedule.bind(scheduler), { scheduleId });
     missedCounted += Number(s.status?.missedCount ?? 0);
+    const ms = (d) => (d ? Number(d.seconds) * 1000 + d.nanos / 1e6 : 0);
+    ackMeans.push(ms(s.status?.meanFireLag));
+    ackMax = Math.max(ackMax, ms(s.status?.maxFireLag));
   }
   lags.sort((a, b) => a - b);
   const p = (q) => lags[Math.min(lags.length - 1, Math.floor(q * lags.length))];
@@ -69,6 +75,9 @@ try {
     `missed:           ${missedGaps} gaps between fires, ${missedCounted} counted missed by the scheduler   target 0 → ${missedGaps + missedCounted === 0 ? "met" : "NOT met"}`,
   );
   console.log(`doubled:          ${doubled}   target 0 → ${doubled === 0 ? "met" : "NOT met"}`);
+  console.log(
+    `scheduler share:  instant → SubmitJob acknowledged mean ${(ackMeans.reduce((a, b) => a + b, 0) / Math.max(1, ackMeans.length)).toFixed(0)} ms, max ${ackMax.toFixed(0)} ms`,
+  );
 } finally {
   scheduler.close();
   jobs.close();
