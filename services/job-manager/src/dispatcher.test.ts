@@ -118,6 +118,35 @@ describe("dispatcher", () => {
     await d.close();
   });
 
+  it("retries a parked group with one probe, and lets the group go once a worker takes it", async () => {
+    let gpuWorkers = false;
+    const calls: string[] = [];
+    const d = new Dispatcher(
+      async (id) => {
+        calls.push(id);
+        return id.startsWith("gpu") && !gpuWorkers ? "no-match" : "placed";
+      },
+      { concurrency: 8, retryDelayMs: 1_000 },
+    );
+    for (let i = 0; i < 1000; i++) d.enqueue(`gpu-${i}`, Priority.PRIORITY_NORMAL, 0, "gpu");
+    await vi.advanceTimersByTimeAsync(0);
+    expect(calls).toHaveLength(1000); // each tried once on arrival
+    expect(d.depth).toBe(1000);
+    calls.length = 0;
+    await vi.advanceTimersByTimeAsync(3_000);
+    expect(calls).toEqual(["gpu-0", "gpu-0", "gpu-0"]); // one probe a retry, not 1,000
+    d.enqueue("cpu-0", Priority.PRIORITY_NORMAL, 0, "");
+    await vi.advanceTimersByTimeAsync(0);
+    expect(calls.at(-1)).toBe("cpu-0"); // other groups are not held up
+    gpuWorkers = true;
+    calls.length = 0;
+    await vi.advanceTimersByTimeAsync(1_000);
+    expect(calls).toHaveLength(1000);
+    expect(calls.slice(0, 3)).toEqual(["gpu-0", "gpu-1", "gpu-2"]); // in their old order
+    expect(d.depth).toBe(0);
+    await d.close();
+  });
+
   it("parks jobs no worker matches and retries them, dropping cancelled ones", async () => {
     const outcomes: Record<string, DispatchOutcome[]> = { x: ["no-match", "placed"], y: ["no-match", "gone"] };
     const d = new Dispatcher(async (id) => outcomes[id]!.shift()!, { concurrency: 4, retryDelayMs: 1_000 });

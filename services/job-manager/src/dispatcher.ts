@@ -7,8 +7,12 @@
  * place and dispatch is throttled — from then on one placement is allowed per
  * freed slot (a job finished), so a full cluster is not asked again and again.
  * `retryDelayMs` after throttling began, dispatch opens fully again once (a
- * new worker may have joined). A job no live worker matches is parked and
- * retried every `retryDelayMs`. Event-driven: no polling while idle.
+ * new worker may have joined). A job no live worker matches is parked with
+ * the others of its group (its node selector): every `retryDelayMs` one of
+ * them is tried again as a probe, and only when a worker takes it (or the
+ * workers are merely full) does the whole group go back in line — 10,000
+ * jobs for a missing capability cost one placement a second, not 10,000.
+ * Event-driven: no polling while idle.
  *
  * Direct placement: a job just submitted may skip the queue (`claimDirect`)
  * when that passes nobody — nothing waiting, not throttled, a placement slot
@@ -28,7 +32,10 @@ export class Dispatcher {
   private readonly queue: PriorityQueue;
   /** Every id this dispatcher holds (queued, in flight or parked), with its place in line. */
   private readonly entries = new Map<string, QueueEntry>();
-  private readonly parked = new Set<string>();
+  /** Parked entries by group, oldest first; and the ids out as a group's probe. */
+  private readonly parked = new Map<string, QueueEntry[]>();
+  private parkedCount = 0;
+  private readonly probes = new Set<string>();
   private nextSeq = 0;
   private inFlight = 0;
   /** Placements allowed while throttled; Infinity when not throttled. */
@@ -47,7 +54,7 @@ export class Dispatcher {
 
   /** Jobs waiting for a worker (queued or parked, not in flight). */
   get depth(): number {
-    return this.queue.size + this.parked.size;
+    return this.queue.size + this.parkedCount;
   }
 
   /** Queued jobs per priority class (not counting those in flight or parked). */
@@ -55,10 +62,13 @@ export class Dispatcher {
     return this.queue.depths();
   }
 
-  /** Queues `id` unless it is already held. `queuedAtMs` (default now) is where aging counts from. */
-  enqueue(id: string, priority: Priority, queuedAtMs: number = (this.options.now ?? Date.now)()): void {
+  /**
+   * Queues `id` unless it is already held. `queuedAtMs` (default now) is where aging counts from;
+   * `group`: jobs that match the same workers (the node selector), parked and retried together.
+   */
+  enqueue(id: string, priority: Priority, queuedAtMs: number = (this.options.now ?? Date.now)(), group = ""): void {
     if (this.closed || this.entries.has(id)) return;
-    const entry = { id, priority, seq: this.nextSeq++, queuedAtMs };
+    const entry = { id, priority, seq: this.nextSeq++, queuedAtMs, group };
     this.entries.set(id, entry);
     this.queue.push(entry);
     this.pump();
@@ -108,21 +118,53 @@ export class Dispatcher {
   }
 
   private settle(entry: QueueEntry, outcome: DispatchOutcome): void {
+    const group = entry.group ?? "";
+    const probe = this.probes.delete(entry.id);
     switch (outcome) {
       case "placed":
+        this.entries.delete(entry.id);
+        this.releaseGroup(group); // its workers are back
+        return;
       case "gone":
         this.entries.delete(entry.id);
+        if (probe) this.probeGroup(group); // cancelled meanwhile: the next one probes
         return;
       case "no-capacity":
       case "unavailable":
         this.queue.push(entry);
         this.throttle();
+        this.releaseGroup(group); // workers exist (full, or unknown): back in line, throttled
         return;
-      case "no-match":
-        this.parked.add(entry.id);
+      case "no-match": {
+        const list = this.parked.get(group);
+        if (!list) this.parked.set(group, [entry]);
+        else if (probe) list.unshift(entry);
+        else list.push(entry);
+        this.parkedCount++;
         this.armParkedRetry();
         return;
+      }
     }
+  }
+
+  /** Every parked job of `group` back in line, each in its old place. */
+  private releaseGroup(group: string): void {
+    const list = this.parked.get(group);
+    if (!list) return;
+    this.parked.delete(group);
+    this.parkedCount -= list.length;
+    for (const entry of list) this.queue.push(entry);
+  }
+
+  /** The oldest parked job of `group` goes back in line as the group's probe. */
+  private probeGroup(group: string): void {
+    const list = this.parked.get(group);
+    const entry = list?.shift();
+    if (!entry) return;
+    if (list!.length === 0) this.parked.delete(group);
+    this.parkedCount--;
+    this.probes.add(entry.id);
+    this.queue.push(entry);
   }
 
   private throttle(): void {
@@ -139,11 +181,7 @@ export class Dispatcher {
     if (this.parkedTimer || this.closed) return;
     this.parkedTimer = setTimeout(() => {
       this.parkedTimer = undefined;
-      for (const id of this.parked) {
-        const entry = this.entries.get(id);
-        if (entry) this.queue.push(entry);
-      }
-      this.parked.clear();
+      for (const group of [...this.parked.keys()]) this.probeGroup(group);
       this.pump();
     }, this.options.retryDelayMs);
     this.parkedTimer.unref();

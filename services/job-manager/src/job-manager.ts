@@ -265,15 +265,19 @@ export class JobManager {
       notBefore: request.notBefore,
       ...extra,
     });
+    // A selector no live worker matched a moment ago: the job says so from its first record.
+    const knownUnmatched = this.unmatched.get(selectorKey(spec));
+    const unmatched = knownUnmatched && knownUnmatched.untilMs > now.getTime() ? knownUnmatched : undefined;
     const queued = transition({ ...draft, writer: this.replicaId }, waits ? S.JOB_STATE_PENDING : S.JOB_STATE_QUEUED, {
       actor: request.scheduleId ? "scheduler" : "client",
       at: now,
-      reason: waits ? waitReason(spec, request.notBefore, extra.children?.length ?? 0) : "waiting for a worker",
+      reason: waits
+        ? waitReason(spec, request.notBefore, extra.children?.length ?? 0)
+        : (unmatched?.reason ?? "waiting for a worker"),
     });
     // Nothing waiting ahead of it and a placement slot free: created already reserved for
     // attempt 1 (one write instead of two), then placed. Otherwise it queues.
-    const unmatched = this.unmatched.get(selectorKey(spec));
-    const direct = !waits && !(unmatched && unmatched.untilMs > now.getTime()) && !this.closed && this.dispatcher.claimDirect();
+    const direct = !waits && !unmatched && !this.closed && this.dispatcher.claimDirect();
     const job = direct ? assign(queued, 1, now) : queued;
     try {
       const revision = await this.options.jobs.create(id, job);
@@ -822,7 +826,7 @@ export class JobManager {
       }
     }
     if (job.state === S.JOB_STATE_QUEUED) {
-      this.dispatcher.enqueue(job.id, job.spec?.priority ?? 0, queuedSince(job));
+      this.dispatcher.enqueue(job.id, job.spec?.priority ?? 0, queuedSince(job), selectorKey(job.spec));
     } else if (job.state === S.JOB_STATE_PENDING) {
       for (const dep of job.spec?.dependsOn ?? []) {
         let set = this.dependants.get(dep);

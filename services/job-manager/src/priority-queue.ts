@@ -26,6 +26,8 @@ export interface QueueEntry {
   seq: number;
   /** When it was first queued, ms since epoch (aging counts from here). */
   queuedAtMs: number;
+  /** Jobs that match the same workers (the dispatcher parks and probes them together). */
+  group?: string;
 }
 
 export class PriorityQueue {
