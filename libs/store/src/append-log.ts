@@ -6,7 +6,7 @@
 import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Logger } from "@aspen/runtime";
-import type { Codec } from "./store.js";
+import { whileJetStreamSettles, type Codec } from "./store.js";
 
 export interface AppendOnlyLogOptions<T> {
   stream: string;
@@ -28,6 +28,10 @@ export class AppendOnlyLog<T> {
 
   /** Opens the stream, creating it (append-only) when missing. */
   static async open<T>(nc: NatsConnection, options: AppendOnlyLogOptions<T>): Promise<AppendOnlyLog<T>> {
+    return whileJetStreamSettles(`stream ${options.stream}`, () => AppendOnlyLog.openOnce(nc, options), options.log);
+  }
+
+  private static async openOnce<T>(nc: NatsConnection, options: AppendOnlyLogOptions<T>): Promise<AppendOnlyLog<T>> {
     const jsm = await jetstreamManager(nc);
     const exists = await jsm.streams.info(options.stream).then(
       () => true,

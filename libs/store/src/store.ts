@@ -237,6 +237,29 @@ function digestToHex(digest: string): string {
   return Buffer.from(b64, "base64url").toString("hex");
 }
 
+/** JetStream answers that pass once the cluster has settled (just started, electing a leader). */
+const SETTLING = /no suitable peers|temporarily unavailable|timeout|no responders|jetstream not (enabled|ready)/i;
+
+/**
+ * Runs `open` (creating or opening a bucket or stream), retrying for up to
+ * `waitMs` while JetStream is still settling: a cluster that answers health
+ * checks may not yet know enough peers to place an R3 stream ("no suitable
+ * peers for placement"). Anything else fails at once.
+ */
+export async function whileJetStreamSettles<T>(what: string, open: () => Promise<T>, log: Logger, waitMs = 60_000): Promise<T> {
+  const deadline = Date.now() + waitMs;
+  for (let delayMs = 250; ; delayMs = Math.min(delayMs * 2, 2_000)) {
+    try {
+      return await open();
+    } catch (err) {
+      const message = err instanceof Error ? err.message : String(err);
+      if (!SETTLING.test(message) || Date.now() + delayMs > deadline) throw err;
+      log.warn({ what, err: message, retryInMs: delayMs }, "JetStream not ready yet; retrying");
+      await new Promise((r) => setTimeout(r, delayMs));
+    }
+  }
+}
+
 export class Store {
   private closing: Promise<void> | undefined;
 
@@ -281,14 +304,22 @@ export class Store {
    * Throws ReplicaMismatchError when it exists with another replica count.
    */
   async bucket<T>(name: string, codec: Codec<T>, opts: { history?: number } = {}): Promise<Bucket<T>> {
-    const kv = await new Kvm(this.nc).create(name, { history: opts.history ?? 1, replicas: this.replicas });
+    const kv = await whileJetStreamSettles(
+      `bucket ${name}`,
+      () => new Kvm(this.nc).create(name, { history: opts.history ?? 1, replicas: this.replicas }),
+      this.options.log,
+    );
     this.checkReplicas(name, (await kv.status()).replicas);
     return new Bucket(name, kv, codec);
   }
 
   /** Opens an object store bucket, creating it when missing; checks its replicas like `bucket`. */
   async objects(name: string): Promise<ObjectBucket> {
-    const os = await new Objm(this.nc).create(name, { replicas: this.replicas });
+    const os = await whileJetStreamSettles(
+      `object store ${name}`,
+      () => new Objm(this.nc).create(name, { replicas: this.replicas }),
+      this.options.log,
+    );
     this.checkReplicas(name, (await os.status()).replicas);
     return new ObjectBucket(name, os);
   }

@@ -747,9 +747,50 @@ export async function startNatsCluster(options: NatsClusterOptions = {}): Promis
       rmSync(dir, { recursive: true, force: true });
     },
   };
+  /** Names of the peers the meta leader counts as current members, or undefined while there is no leader. */
+  const metaMembers = async (): Promise<string[] | undefined> => {
+    for (let i = 0; i < size; i++) {
+      try {
+        const jsz = (await (
+          await fetch(`http://127.0.0.1:${ports[i]!.http}/jsz`, { signal: AbortSignal.timeout(1_000) })
+        ).json()) as {
+          meta_cluster?: { leader?: string; replicas?: Array<{ name: string; current?: boolean; offline?: boolean }> };
+        };
+        const meta = jsz.meta_cluster;
+        if (meta?.leader !== `n${i + 1}`) continue;
+        return [meta.leader, ...(meta.replicas ?? []).filter((r) => r.current && !r.offline).map((r) => r.name)];
+      } catch {
+        // not answering yet
+      }
+    }
+    return undefined;
+  };
   try {
     for (let i = 0; i < size; i++) launch(i);
     await cluster.healthy();
+    // Started together, nodes sometimes form the JetStream meta group without one of them
+    // (seen with 2.10: cluster_size 2 for minutes), and then no R3 stream can be placed.
+    // A node left out is restarted until the group has every node.
+    for (let round = 0; ; round++) {
+      const members = await waitFor(
+        "the JetStream meta group to have every node",
+        async () => {
+          const m = await metaMembers();
+          return m && m.length === size ? m : undefined;
+        },
+        5_000,
+        100,
+      ).catch(() => undefined);
+      if (members) break;
+      if (round === 3) throw new Error("the JetStream meta group never took in every node");
+      const present = new Set((await metaMembers()) ?? []);
+      for (let i = 0; i < size; i++) {
+        if (present.has(`n${i + 1}`)) continue;
+        await killNode(i);
+        launch(i);
+      }
+      await cluster.healthy();
+    }
     return cluster;
   } catch (err) {
     await cluster[Symbol.asyncDispose]();
