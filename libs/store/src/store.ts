@@ -82,6 +82,7 @@ export class Bucket<T> {
     readonly name: string,
     private readonly kv: KV,
     private readonly codec: Codec<T>,
+    private readonly log?: Logger,
   ) {}
 
   async get(key: string): Promise<Versioned<T> | undefined> {
@@ -193,19 +194,33 @@ export class Bucket<T> {
     onChange: (key: string, value: Versioned<T> | undefined) => void,
     known?: (key: string, revision: number) => boolean,
   ): Promise<() => void> {
+    // nats.js's ordered consumer follows through reconnects and NATS restarts (watch.test.ts).
     const watch = await this.kv.watch({ key, include: "updates" });
+    let stopped = false;
     void (async () => {
       for await (const entry of watch) {
         if (known && entry.operation === "PUT" && known(entry.key, entry.revision)) continue;
-        onChange(
-          entry.key,
-          entry.operation === "PUT"
-            ? { key: entry.key, value: this.codec.decode(entry.value), revision: entry.revision }
-            : undefined,
-        );
+        try {
+          onChange(
+            entry.key,
+            entry.operation === "PUT"
+              ? { key: entry.key, value: this.codec.decode(entry.value), revision: entry.revision }
+              : undefined,
+          );
+        } catch (err) {
+          // One record that cannot be handled (e.g. not decodable) must not end the following.
+          this.log?.error({ bucket: this.name, key: entry.key, err: (err as Error).message }, "watched change not applied");
+        }
       }
-    })();
-    return () => watch.stop();
+    })()
+      .catch((err: unknown) => this.log?.error({ bucket: this.name, err: (err as Error).message }, "watch failed"))
+      .finally(() => {
+        if (!stopped) this.log?.error({ bucket: this.name }, "watch ended: this replica no longer follows the bucket");
+      });
+    return () => {
+      stopped = true;
+      watch.stop();
+    };
   }
 }
 
@@ -310,7 +325,7 @@ export class Store {
       this.options.log,
     );
     this.checkReplicas(name, (await kv.status()).replicas);
-    return new Bucket(name, kv, codec);
+    return new Bucket(name, kv, codec, this.options.log);
   }
 
   /** Opens an object store bucket, creating it when missing; checks its replicas like `bucket`. */
