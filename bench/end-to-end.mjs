@@ -373,7 +373,16 @@ async function startCluster(workDir) {
   ]);
   const jmAddr = `127.0.0.1:${jmPort}`;
   const coordAddr = `127.0.0.1:${coordPort}`;
-  const common = { OTEL_SDK_DISABLED: "true", ASPEN_LOG_LEVEL: "warn", ASPEN_BUCKET_REPLICAS: nats.replicas };
+  // ASPEN_* settings in the bench's own environment reach every service (e.g. ASPEN_REPORT_LINGER=0ms).
+  const passed = Object.entries(process.env).filter(
+    ([k]) => k.startsWith("ASPEN_") && k !== "ASPEN_NATS_SERVER_BIN" && k !== "ASPEN_SERVICE_NODE_ARGS",
+  );
+  const common = {
+    OTEL_SDK_DISABLED: "true",
+    ASPEN_LOG_LEVEL: "warn",
+    ASPEN_BUCKET_REPLICAS: nats.replicas,
+    ...Object.fromEntries(passed),
+  };
   const services = [];
   const stopService = async (svc) => {
     try {
