@@ -1,10 +1,14 @@
 /**
  * The scheduler's logic: it alone writes the `schedules` bucket. Each armed
- * schedule has one timer entry for its next nominal instant. A fire records
- * the instant in the schedule (`status.firing_at`) before it submits, submits
- * the job under the id derived from (schedule id, instant), then advances.
- * A crash between record and submit is resolved on restart by submitting the
- * same id again: the job-manager's create-if-absent makes it one job.
+ * schedule has one timer entry for its next nominal instant. A scheduled
+ * instant is durably recorded (`status.firing_at`) before it is submitted
+ * under the job id derived from (schedule id, instant): the outcome write of
+ * one fire records the next instant too, so a fire on time is one submit and
+ * one write. Whoever finds a recorded instant it did not record itself
+ * (restart, takeover, a failed write) resolves it by its job id: the job
+ * exists → only the bookkeeping is left; it does not → the instant was never
+ * fired (late within the grace, else missed). Create-if-absent makes any
+ * repeated submission one job.
  *
  * Several replicas may run: every replica serves the API (all writes are
  * CAS) and follows the bucket; only the holder of the firing lease arms
@@ -65,6 +69,7 @@ import {
   type FireRule,
 } from "./fire-times.js";
 import type { SchedulerMetrics } from "./metrics.js";
+import { preRecord, recordedAfterPause, recordedAfterSpecChange, recordedFate } from "./recorded.js";
 import { TimerQueue } from "./timer-queue.js";
 
 /** What the scheduler needs from the job-manager. */
@@ -111,6 +116,12 @@ interface Armed {
   spec: ScheduleSpec | undefined;
   /** JSON of that spec, computed when first needed (a record with another spec object is compared by it). */
   specKey?: string;
+  /**
+   * The instant this leader pre-recorded in `firing_at` (in term `epoch`) and
+   * has not tried to submit: when its timer goes off it is submitted with no
+   * job look-up. Any doubt (another writer, a new term, a try) drops the note.
+   */
+  preRecorded?: { at: number; epoch: number };
 }
 
 interface FireOutcome {
@@ -119,7 +130,22 @@ interface FireOutcome {
   created: boolean;
 }
 
+/**
+ * schedule, catch-up: a scheduled instant (recorded, submitted, advances);
+ * recover: one found submitted, only its bookkeeping is left (advances);
+ * queued, trigger, backfill: fires off the timer (no record, do not advance).
+ */
 type FireMode = "schedule" | "catch-up" | "queued" | "trigger" | "backfill" | "recover";
+
+interface FireOptions {
+  /** The instant after this one (catch-up passes its list); computed from the rule when absent. */
+  nextMs?: number;
+  /** mode recover: the job found under the instant's id. */
+  submitted?: Job;
+}
+
+/** gRPC NOT_FOUND, as a client call's error carries it. */
+const NOT_FOUND = 5;
 
 /** Wait before retrying a fire whose state could not be written (NATS unavailable), ms. */
 const FIRE_RETRY_MS = 1_000;
@@ -161,6 +187,8 @@ export class Scheduler {
   private readonly fireSlots: Array<() => void> = [];
   private leading = false;
   private token = 0;
+  /** Leadership term (lead and stepDown each start a new one): pre-record notes of an old term are void. */
+  private epoch = 0;
   private closed = false;
   private stopWatch: (() => void) | undefined;
   private queueTimer: NodeJS.Timeout | undefined;
@@ -238,14 +266,16 @@ export class Scheduler {
       known.record = value;
       return;
     }
-    const armed = known && sameSpec(known, value.value) ? Object.assign(known, { record: value }) : this.load(value);
-    if (armed && this.leading) this.reconcile(key, false);
+    const armed =
+      known && sameSpec(known, value.value) ? Object.assign(known, { record: value, preRecorded: undefined }) : this.load(value);
+    if (armed && this.leading) this.reconcile(key);
   }
 
   /** Becomes the firing replica under fencing token `token`: re-reads everything and arms it. */
   async lead(token: number): Promise<void> {
     this.token = token;
     this.leading = true;
+    this.epoch++;
     const t0 = this.clock();
     // The map is current: loaded by start() and kept in step by the bucket watch since.
     for (const id of this.schedules.keys()) this.reconcile(id);
@@ -257,6 +287,7 @@ export class Scheduler {
   /** Stops firing (the lease was lost or released). Fires in flight finish; their writes are fenced. */
   stepDown(): void {
     this.leading = false;
+    this.epoch++;
     this.timers.clear();
     clearInterval(this.queueTimer);
   }
@@ -337,15 +368,22 @@ export class Scheduler {
 
   async pause(id: string, note: string): Promise<Schedule> {
     if (note.length > 1024) throw new InvalidArgumentError("note", "longer than 1024 characters");
-    this.require(id);
+    const armed = this.require(id);
     this.timers.disarm(id);
-    const updated = await this.update(id, (s) => ({
-      ...s,
-      paused: true,
-      pauseNote: note,
-      updatedAt: new Date(this.clock()),
-      status: { ...statusOf(s), nextFireAt: undefined },
-    }));
+    armed.preRecorded = undefined;
+    const now = this.clock();
+    const updated = await this.update(id, (s) => {
+      const st = statusOf(s);
+      // A pre-recorded instant still ahead is dropped; one due or past is resolved on resume.
+      const recorded = recordedAfterPause(st.firingAt?.getTime(), now);
+      return {
+        ...s,
+        paused: true,
+        pauseNote: note,
+        updatedAt: new Date(now),
+        status: { ...st, nextFireAt: undefined, firingAt: recorded === undefined ? undefined : new Date(recorded) },
+      };
+    });
     this.log.info({ schedule: id, note }, "schedule paused");
     return updated;
   }
@@ -383,10 +421,15 @@ export class Scheduler {
     const specChanged = request.spec !== undefined && JSON.stringify(request.spec) !== keyOf(armed);
     const createdAtMs = armed.record.value.createdAt?.getTime() ?? now;
     const rule = request.spec && specChanged ? compileRule(request.spec, { createdAtMs, scheduleId: id }) : armed.rule;
-    if (specChanged) this.timers.disarm(id);
+    if (specChanged) {
+      this.timers.disarm(id);
+      armed.preRecorded = undefined;
+    }
     const updated = await this.update(id, (s) => {
       const status = statusOf(s);
       const next = specChanged && !s.paused ? rule.next(now, status.fireCount, 0) : status.nextFireAt?.getTime();
+      // A recorded instant the new rule does not fire next is dropped.
+      const recorded = specChanged ? recordedAfterSpecChange(status.firingAt?.getTime(), next) : status.firingAt?.getTime();
       return {
         ...s,
         name: request.name ?? s.name,
@@ -397,6 +440,7 @@ export class Scheduler {
         status: {
           ...status,
           nextFireAt: next === undefined ? undefined : new Date(next),
+          firingAt: recorded === undefined ? undefined : new Date(recorded),
           backoffStep: specChanged ? 0 : status.backoffStep,
         },
       };
@@ -416,7 +460,7 @@ export class Scheduler {
     const at = this.clock();
     let result: TriggerScheduleResponse = { at: new Date(at), jobId: fireJobId(id, at), outcome: "", reason: "" };
     await this.chain(id, async () => {
-      const outcome = await this.fire(id, at, "trigger");
+      const outcome = await this.fire(id, at, "trigger", {});
       result = { ...result, outcome: outcome.outcome, reason: outcome.reason };
     });
     if (!result.outcome) throw new FailedPreconditionError(`schedule ${id}: trigger did not complete; see the scheduler log`);
@@ -440,7 +484,7 @@ export class Scheduler {
     let created = 0;
     for (const at of range.instants) {
       await this.chain(request.scheduleId, async () => {
-        const outcome = await this.fire(request.scheduleId, at, "backfill");
+        const outcome = await this.fire(request.scheduleId, at, "backfill", {});
         if (outcome.outcome === "submitted") {
           jobIds.push(fireJobId(request.scheduleId, at));
           if (outcome.created) created++;
@@ -498,13 +542,12 @@ export class Scheduler {
   }
 
   /**
-   * Arms a schedule from its stored state (leader only): an interrupted fire
-   * is finished first; an instant more than the grace behind now goes through
-   * catch-up; anything else is armed as it is. With `recoverInterrupted`
-   * false (a change another replica just wrote), a fire it recorded is its own
-   * to finish (a trigger or backfill it serves): it is not taken over here.
+   * Arms a schedule from its stored state (leader only). What needs work
+   * (a recorded instant due or past, an instant more than the grace behind
+   * now, a resumed schedule) is settled in the schedule's chain; a recorded
+   * instant still ahead is armed as it is and resolved when due.
    */
-  private reconcile(id: string, recoverInterrupted = true): void {
+  private reconcile(id: string): void {
     const armed = this.schedules.get(id);
     if (!armed || !this.leading) return;
     const s = armed.record.value;
@@ -514,40 +557,87 @@ export class Scheduler {
     }
     const status = statusOf(s);
     const next = status.nextFireAt?.getTime();
+    const recorded = status.firingAt?.getTime();
     const now = this.clock();
-    if (status.firingAt && !recoverInterrupted) {
-      if (next !== undefined) this.timers.arm(id, next);
-      return;
-    }
-    if (!status.firingAt && next !== undefined && next >= now - this.graceMs) {
+    if ((recorded === undefined || recorded > now) && next !== undefined && next >= now - this.graceMs) {
       this.timers.arm(id, next);
       return;
     }
-    if (!status.firingAt && next === undefined && status.lastFireAt === undefined && s.createdAt === undefined) return;
-    void this.chain(id, async () => {
-      const current = this.schedules.get(id);
-      if (!current || current.record.value.paused || !this.leading) return;
-      const st = statusOf(current.record.value);
-      if (st.firingAt) {
-        this.log.warn(
-          { schedule: id, nominal: st.firingAt.toISOString() },
-          "resuming a fire interrupted before it was recorded as submitted",
-        );
-        await this.fire(id, st.firingAt.getTime(), "recover");
-      }
-      const after = this.statusNow(id);
-      const n = after.nextFireAt?.getTime();
-      if (n !== undefined && n >= this.clock() - this.graceMs) {
-        if (this.leading) this.timers.arm(id, n);
-        return;
-      }
-      // Either never armed (resumed, or finished) or behind: everything after the last fire.
-      const from =
-        n !== undefined ? n - 1 : (after.lastFireAt?.getTime() ?? current.record.value.createdAt?.getTime() ?? this.clock());
-      if (n === undefined && after.lastFireAt === undefined && current.record.value.createdAt === undefined) return;
-      // Not armed at all means resumed: what passed while paused is missed, however recent.
-      await this.catchUp(id, from, n === undefined ? 0 : this.graceMs);
-    });
+    if (recorded === undefined && next === undefined && status.lastFireAt === undefined && s.createdAt === undefined) return;
+    void this.chain(id, () => this.settle(id));
+  }
+
+  /**
+   * Brings a schedule up to date from its stored state and arms it (leader
+   * only; runs in the schedule's chain, so it sees what fires before it wrote).
+   */
+  private async settle(id: string): Promise<void> {
+    const current = this.schedules.get(id);
+    if (!current || current.record.value.paused || !this.leading) return;
+    const st = statusOf(current.record.value);
+    // Not armed at all means resumed (or finished): what passed while paused is missed, however recent.
+    const graceMs = st.nextFireAt === undefined ? 0 : this.graceMs;
+    const recorded = st.firingAt?.getTime();
+    if (recorded !== undefined && recorded <= this.clock()) await this.resolveRecorded(id, recorded, graceMs);
+    const after = this.statusNow(id);
+    const n = after.nextFireAt?.getTime();
+    if (n !== undefined && n >= this.clock() - graceMs) {
+      if (this.leading && !this.schedules.get(id)?.record.value.paused) this.timers.arm(id, n);
+      return;
+    }
+    // Either never armed (resumed, or finished) or behind: everything after the last fire.
+    const from =
+      n !== undefined ? n - 1 : (after.lastFireAt?.getTime() ?? current.record.value.createdAt?.getTime() ?? this.clock());
+    if (n === undefined && after.lastFireAt === undefined && current.record.value.createdAt === undefined) return;
+    await this.catchUp(id, from, graceMs);
+  }
+
+  /**
+   * A recorded instant `at`, due or past, that this leader did not pre-record
+   * (or did, and the note is gone): resolved by its job id, never blindly.
+   */
+  private async resolveRecorded(id: string, at: number, graceMs: number): Promise<void> {
+    const armed = this.schedules.get(id);
+    if (!armed) return;
+    const mine = this.takePreRecorded(armed, at);
+    const jobId = fireJobId(id, at);
+    const job = mine ? undefined : await this.findJob(jobId);
+    const fate = recordedFate(at, job !== undefined, this.clock(), graceMs);
+    const nominal = new Date(at).toISOString();
+    if (fate === "finish") {
+      this.log.info({ schedule: id, job: jobId, nominal }, "recorded instant was submitted: finishing its bookkeeping");
+      await this.fire(id, at, "recover", { submitted: job });
+    } else if (fate === "fire") {
+      // The usual case after a takeover (the previous leader pre-recorded it); the `fired` line follows.
+      this.log.debug({ schedule: id, job: jobId, nominal }, "recorded instant was never submitted: firing it");
+      await this.fire(id, at, "schedule", {});
+    } else {
+      this.log.warn({ schedule: id, job: jobId, nominal }, "recorded instant was never submitted and is past the grace: missed");
+      await this.catchUp(id, at - 1, graceMs);
+    }
+  }
+
+  /** The job of a fire, or undefined when the job-manager has none (never submitted). */
+  private async findJob(jobId: string): Promise<Job | undefined> {
+    try {
+      return await this.options.jobs.get(jobId);
+    } catch (err) {
+      if (err instanceof NotFoundError || (err instanceof AspenError && err.code === NOT_FOUND)) return undefined;
+      throw err;
+    }
+  }
+
+  /** Whether `at` is this leader's own untried pre-record (the note is used up either way). */
+  private takePreRecorded(armed: Armed, at: number): boolean {
+    const note = armed.preRecorded;
+    armed.preRecorded = undefined;
+    return (
+      note !== undefined &&
+      note.at === at &&
+      note.epoch === this.epoch &&
+      this.leading &&
+      statusOf(armed.record.value).firingAt?.getTime() === at
+    );
   }
 
   private statusNow(id: string): ScheduleStatus {
@@ -563,21 +653,24 @@ export class Scheduler {
     const status = statusOf(armed.record.value);
     if (status.nextFireAt?.getTime() !== dueMs) return; // re-armed or moved meanwhile
     try {
-      // Recorded as firing by an earlier try that failed after (the job may exist):
-      // finish that fire (the same job id), however late, never count it missed.
-      if (status.firingAt?.getTime() === dueMs) {
-        await this.fire(id, dueMs, "recover");
-      } else if (dueMs < this.clock() - this.graceMs) {
+      const recorded = status.firingAt?.getTime() === dueMs;
+      if (recorded && !this.takePreRecorded(armed, dueMs)) {
+        // Recorded by an earlier leader, or by an earlier try of ours that failed after:
+        // it may have been submitted. Resolved by its job id (settle arms what follows).
+        await this.settle(id);
+        return;
+      }
+      if (dueMs < this.clock() - this.graceMs) {
         await this.catchUp(id, dueMs - 1);
         return;
-      } else {
-        await this.fire(id, dueMs, "schedule");
       }
+      // Pre-recorded by our previous fire: submitted at once; otherwise recorded first.
+      await this.fire(id, dueMs, "schedule", {});
     } catch (err) {
       if (err instanceof NotFoundError) return;
-      // NATS unreachable or electing a leader: taken up again from the stored state
-      // (an instant recorded as firing is finished; one not yet recorded and older than
-      // the grace follows the catch-up policy).
+      // NATS or the job-manager unreachable: taken up again from the stored state
+      // (a recorded instant is resolved by its job id; one not recorded and older
+      // than the grace follows the catch-up policy).
       this.log.warn(
         { schedule: id, nominal: new Date(dueMs).toISOString(), err: (err as Error).message },
         "fire failed; retrying",
@@ -671,22 +764,29 @@ export class Scheduler {
     const after = Math.max(lastMissed, late.lastMs ?? now, now);
     const fireCountAfter = status.fireCount + counted;
     const upcoming = (i: number) => toFire[i]?.at ?? armed.rule.next(after, fireCountAfter + toFire.length, status.backoffStep);
+    // Whatever was recorded is among the instants handled here; the first to fire is recorded instead.
+    armed.preRecorded = undefined;
+    const epoch = this.epoch;
+    let recorded: number | undefined;
     await this.update(
       id,
       (cur) => {
         const st = statusOf(cur);
         const next = upcoming(0);
+        recorded = preRecord(true, next, cur.paused);
         return {
           ...cur,
           status: {
             ...st,
             missedCount: st.missedCount + counted,
-            nextFireAt: next === undefined ? undefined : new Date(next),
+            nextFireAt: next === undefined || cur.paused ? undefined : new Date(next),
+            firingAt: recorded === undefined ? undefined : new Date(recorded),
           },
         };
       },
       true,
     );
+    this.notePreRecorded(id, recorded, epoch);
     if (counted > 0) {
       this.options.metrics?.missed(counted);
       this.log.warn(
@@ -697,9 +797,16 @@ export class Scheduler {
     for (let i = 0; i < toFire.length; i++) {
       const f = toFire[i];
       if (!f || !this.leading) return;
-      await this.fire(id, f.at, f.mode, upcoming(i + 1));
+      await this.fire(id, f.at, f.mode, { nextMs: upcoming(i + 1) });
     }
     this.armNext(id);
+  }
+
+  /** Notes that this leader pre-recorded `at` in a write it just made (in term `epoch`). */
+  private notePreRecorded(id: string, at: number | undefined, epoch: number): void {
+    const armed = this.schedules.get(id);
+    if (!armed) return;
+    armed.preRecorded = at !== undefined && this.leading && epoch === this.epoch ? { at, epoch } : undefined;
   }
 
   /** Job ids of this schedule's runs that have not finished, per the job-manager. */
@@ -710,14 +817,16 @@ export class Scheduler {
 
   /**
    * Fires instant `at`: applies the conflict policy (against job states in
-   * the job-manager), records the instant, submits, records the outcome and
-   * the next instant (`nextMs`, computed from the rule when not given).
+   * the job-manager), records a scheduled instant unless it is recorded
+   * already (pre-recorded by the previous fire's outcome write), submits,
+   * then records the outcome, the next instant, and pre-records that one.
+   * Mode recover (`options.submitted`) does only the outcome write.
    */
-  private async fire(id: string, at: number, mode: FireMode, nextMs?: number): Promise<FireOutcome> {
+  private async fire(id: string, at: number, mode: FireMode, options: FireOptions): Promise<FireOutcome> {
     if (this.firing >= this.maxConcurrentFires) await new Promise<void>((resolve) => this.fireSlots.push(resolve));
     else this.firing++;
     try {
-      return await this.fireNow(id, at, mode, nextMs);
+      return await this.fireNow(id, at, mode, options);
     } finally {
       // The slot passes straight to the oldest waiter, if any.
       const nextInLine = this.fireSlots.shift();
@@ -726,18 +835,28 @@ export class Scheduler {
     }
   }
 
-  private async fireNow(id: string, at: number, mode: FireMode, nextMs?: number): Promise<FireOutcome> {
+  private async fireNow(id: string, at: number, mode: FireMode, options: FireOptions): Promise<FireOutcome> {
     const armed = this.schedules.get(id);
     if (!armed) throw new NotFoundError("schedule", id);
     const spec = armed.record.value.spec;
     const jobId = fireJobId(id, at);
     const scheduled = mode === "schedule" || mode === "catch-up";
     const advances = scheduled || mode === "recover";
+    const submitted = mode === "recover" ? options.submitted : undefined;
     const fireCount = statusOf(armed.record.value).fireCount;
+    const epoch = this.epoch;
+    const { nextMs } = options;
     const computeNext = (s: Schedule, step: number) =>
       nextMs !== undefined ? nextMs : this.ruleFor(id, s).next(at, statusOf(s).fireCount + 1, step);
+    // What an outcome write records in firing_at: the next instant for a scheduled fire, else unchanged.
+    let recordedNext: number | undefined;
+    const firingAfter = (s: Schedule, next: number | undefined): Date | undefined => {
+      recordedNext = preRecord(advances, next, s.paused);
+      if (advances) return recordedNext === undefined ? undefined : new Date(recordedNext);
+      return statusOf(s).firingAt;
+    };
 
-    // Conflict policy: decided before the instant is recorded, from the job-manager's view.
+    // Conflict policy: decided before submitting, from the job-manager's view.
     const policy = spec?.conflict ?? ConflictPolicy.CONFLICT_POLICY_UNSPECIFIED;
     const needsCheck =
       mode !== "backfill" &&
@@ -785,14 +904,15 @@ export class Scheduler {
                 skippedCount: queueIt ? st.skippedCount : st.skippedCount + 1,
                 lastSkipReason: queueIt ? st.lastSkipReason : reason,
                 lastSkippedAt: queueIt ? st.lastSkippedAt : new Date(at),
-                fireCount: advances && !queueIt ? st.fireCount : st.fireCount,
                 backoffStep: advances ? step : st.backoffStep,
-                nextFireAt: next === undefined ? undefined : new Date(next),
+                nextFireAt: next === undefined || s.paused ? undefined : new Date(next),
+                firingAt: firingAfter(s, next),
               },
             };
           },
           true,
         );
+        if (advances) this.notePreRecorded(id, recordedNext, epoch);
         if (!queueIt) this.options.metrics?.skipped(1);
         this.log.info({ schedule: id, job: jobId, reason }, queueIt ? "fire queued" : "fire skipped");
         return { outcome: queueIt ? "queued" : "skipped", reason, created: false };
@@ -800,60 +920,74 @@ export class Scheduler {
     }
 
     const started = performance.now();
-    await this.update(id, (s) => ({ ...s, status: { ...statusOf(s), firingAt: new Date(at) } }), true);
+    // A scheduled instant is durably recorded before it is submitted: by the previous
+    // fire's outcome write (pre-recorded), an earlier try, or else here.
+    if (advances && !submitted && statusOf(armed.record.value).firingAt?.getTime() !== at) {
+      await this.update(id, (s) => ({ ...s, status: { ...statusOf(s), firingAt: new Date(at) } }), true);
+    }
     const recorded = performance.now();
     let created = false;
     let refused = "";
-    // Each fire is the root of its own trace: fire → submit → dispatch → place → execute.
-    await withSpan(
-      Spans.fire,
-      {
-        parent: trace.deleteSpan(context.active()),
-        attributes: { [Attr.scheduleId]: id, [Attr.nominalInstant]: at, [Attr.jobId]: jobId },
-      },
-      async () => {
-        const job = armed.record.value.job;
-        for (let backoffMs = 100; ; backoffMs = Math.min(backoffMs * 2, SUBMIT_BACKOFF_MAX_MS)) {
-          try {
-            const res = await this.options.jobs.submit({
-              ...EMPTY_SUBMIT,
-              jobId,
-              spec: job,
-              scheduleId: id,
-              scheduledAt: new Date(at),
-            });
-            created = res.created;
-            return;
-          } catch (err) {
-            // A refusal (bad template) would repeat forever: record it and move on; anything else is retried.
-            if (!isRetryable(err)) {
-              refused = (err as Error).message;
-              this.log.error({ schedule: id, job: jobId, err: refused }, "job-manager refused the fire");
+    let lagMs: number;
+    if (submitted) {
+      // Submitted before (by an earlier leader or try): its lag is the job-manager's acceptance.
+      lagMs = (submitted.submittedAt?.getTime() ?? this.clock()) - at;
+    } else {
+      // Each fire is the root of its own trace: fire → submit → dispatch → place → execute.
+      await withSpan(
+        Spans.fire,
+        {
+          parent: trace.deleteSpan(context.active()),
+          attributes: { [Attr.scheduleId]: id, [Attr.nominalInstant]: at, [Attr.jobId]: jobId },
+        },
+        async () => {
+          const job = armed.record.value.job;
+          for (let backoffMs = 100; ; backoffMs = Math.min(backoffMs * 2, SUBMIT_BACKOFF_MAX_MS)) {
+            try {
+              const res = await this.options.jobs.submit({
+                ...EMPTY_SUBMIT,
+                jobId,
+                spec: job,
+                scheduleId: id,
+                scheduledAt: new Date(at),
+              });
+              created = res.created;
               return;
+            } catch (err) {
+              // A refusal (bad template) would repeat forever: record it and move on; anything else is retried.
+              if (!isRetryable(err)) {
+                refused = (err as Error).message;
+                this.log.error({ schedule: id, job: jobId, err: refused }, "job-manager refused the fire");
+                return;
+              }
+              if (this.closed || !this.schedules.has(id)) throw err;
+              this.log.warn({ schedule: id, job: jobId, err: (err as Error).message, backoffMs }, "submit failed; retrying");
+              await new Promise((r) => setTimeout(r, backoffMs));
             }
-            if (this.closed || !this.schedules.has(id)) throw err;
-            this.log.warn({ schedule: id, job: jobId, err: (err as Error).message, backoffMs }, "submit failed; retrying");
-            await new Promise((r) => setTimeout(r, backoffMs));
           }
-        }
-      },
-    );
-    const lagMs = this.clock() - at;
-    const submitted = performance.now();
+        },
+      );
+      lagMs = this.clock() - at;
+    }
+    const submittedAt = performance.now();
     // Exponential: the delay resets when the previous fire's job succeeded, else doubles.
     let resetBackoff = false;
     const previousJob = statusOf(armed.record.value).lastJobId;
-    if (advances && spec?.kind?.$case === "exponential" && previousJob) {
+    if (advances && spec?.kind?.$case === "exponential" && previousJob && previousJob !== jobId) {
       resetBackoff = await this.options.jobs
         .get(previousJob)
         .then((j) => j.state === S.JOB_STATE_SUCCEEDED)
         .catch(() => false);
     }
+    let finished = true;
     await this.update(
       id,
       (s) => {
         const st = statusOf(s);
         const firingMatches = st.firingAt?.getTime() === at;
+        // A fire found submitted is finished once: if firing_at moved on, whoever moved it did that.
+        finished = mode !== "recover" || firingMatches;
+        if (!finished) return undefined;
         const step = resetBackoff ? 0 : st.backoffStep + (advances ? 1 : 0);
         const count = advances ? st.fireCount + 1 : st.fireCount;
         const next = advances ? computeNext(s, resetBackoff ? 0 : step) : st.nextFireAt?.getTime();
@@ -862,7 +996,7 @@ export class Scheduler {
           ...s,
           status: {
             ...st,
-            firingAt: firingMatches ? undefined : st.firingAt,
+            firingAt: firingAfter(s, next),
             lastFireAt: !st.lastFireAt || st.lastFireAt.getTime() < at ? new Date(at) : st.lastFireAt,
             lastJobId: jobId,
             fireCount: count,
@@ -874,11 +1008,18 @@ export class Scheduler {
             lastSkipReason: refused ? `job-manager refused the job: ${refused}` : st.lastSkipReason,
             lastSkippedAt: refused ? new Date(at) : st.lastSkippedAt,
             nextFireAt: next === undefined || s.paused ? undefined : new Date(next),
+            // A queued instant leaves the queue once submitted (a crash before this write fires it again: same id).
+            queued: mode === "queued" ? st.queued.filter((q) => q.getTime() !== at) : st.queued,
           },
         };
       },
       true,
     );
+    if (!finished) {
+      this.log.info({ schedule: id, job: jobId }, "recorded instant already finished by another write");
+      return { outcome: "submitted", reason: "", created: false };
+    }
+    if (advances) this.notePreRecorded(id, recordedNext, epoch);
     if (scheduled) this.options.metrics?.fired(lagMs);
     this.log.info(
       {
@@ -888,7 +1029,7 @@ export class Scheduler {
         created,
         lagMs,
         recordMs: round2(recorded - started),
-        submitMs: round2(submitted - recorded),
+        submitMs: round2(submittedAt - recorded),
         fireCount: fireCount + (advances ? 1 : 0),
       },
       "fired",
@@ -905,21 +1046,11 @@ export class Scheduler {
         const head = st.queued[0];
         if (!head || !this.leading) return;
         if ((await this.activeJobs(id, "")).length > 0) return;
-        await this.update(
-          id,
-          (s) => {
-            const cur = statusOf(s);
-            return cur.queued[0]?.getTime() === head.getTime()
-              ? { ...s, status: { ...cur, queued: cur.queued.slice(1) } }
-              : undefined;
-          },
-          true,
-        );
-        await this.fire(id, head.getTime(), "queued");
+        // The head leaves the queue in the fire's outcome write, once submitted.
+        await this.fire(id, head.getTime(), "queued", {});
       });
     }
   }
-
   /**
    * CAS update of the stored schedule; keeps the in-memory copy in step.
    * `fenced`: refused when a newer lease holder wrote the record, and stamps ours.
