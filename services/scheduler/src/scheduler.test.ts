@@ -126,9 +126,12 @@ class FakeJobs implements JobManagerApi {
   gets: string[] = [];
   /** Active jobs ListJobs reports (conflict policy). */
   active: string[] = [];
+  /** While set, submissions wait for it (a job-manager that cannot write). */
+  hold: Promise<void> | undefined;
 
   async submit(request: SubmitJobRequest): Promise<SubmitJobResponse> {
     await Promise.resolve();
+    if (this.hold) await this.hold;
     const created = !this.jobs.has(request.jobId);
     if (created) this.add(request.jobId, request.scheduledAt?.getTime() ?? 0, Date.now());
     this.submits.push({ jobId: request.jobId, created });
@@ -416,6 +419,26 @@ describe("scheduler: one write per fire, recorded instants resolved by job id", 
     jobs.active = [];
     await vi.advanceTimersByTimeAsync(1_000);
     expect(jobs.instants("busy")).toEqual([T0 + 1_000, T0 + 4_000]);
+  });
+
+  it("a fire held across a lost and retaken lease counts the instants it fell behind once", async () => {
+    await start();
+    await create("held-fire", everySecond());
+    await vi.advanceTimersByTimeAsync(1_000);
+    let release = () => {};
+    jobs.hold = new Promise<void>((resolve) => (release = resolve));
+    await vi.advanceTimersByTimeAsync(1_000); // T0+2s: submitting, held
+    scheduler.stepDown(); // the lease is lost while NATS is away...
+    await vi.advanceTimersByTimeAsync(5_000);
+    await scheduler.lead(3); // ...and taken again: the schedule is settled behind the held fire
+    jobs.hold = undefined;
+    release();
+    await vi.advanceTimersByTimeAsync(3_000);
+    const instants = jobs.instants("held-fire");
+    const st = status("held-fire");
+    expect(new Set(instants).size).toBe(instants.length);
+    expect(instants.length + (st?.missedCount ?? 0)).toBe((instants[instants.length - 1]! - instants[0]!) / 1_000 + 1);
+    expect(st?.missedCount).toBeGreaterThan(0);
   });
 
   it("a trigger leaves the pre-recorded instant in place", async () => {

@@ -693,7 +693,9 @@ export class Scheduler {
     if (!armed || !this.leading || armed.record.value.paused) return;
     const next = statusOf(armed.record.value).nextFireAt?.getTime();
     if (next === undefined) return;
-    if (next < this.clock() - this.graceMs) void this.chain(id, () => this.catchUp(id, next - 1));
+    // Behind: settled in the chain from the state it finds then (work queued meanwhile,
+    // e.g. a re-lead's settle, may have caught up already).
+    if (next < this.clock() - this.graceMs) void this.chain(id, () => this.settle(id));
     else this.timers.arm(id, next);
   }
 
@@ -711,6 +713,9 @@ export class Scheduler {
     const state = { fireCount: status.fireCount, backoffStep: status.backoffStep };
     const now = this.clock();
     const missedUpTo = now - graceMs;
+    // Instants before the next one not yet fired are handled already: never counted twice.
+    const pending = status.nextFireAt?.getTime();
+    if (pending !== undefined && pending - 1 > fromMs) fromMs = pending - 1;
     const windowMs = durationToMs(spec.catchUpWindow);
     const windowStart = windowMs > 0 ? now - windowMs : -Infinity;
     let counted = 0;
