@@ -90,7 +90,12 @@ describe("scheduler: recorded instants on start", () => {
     expect(res.created).toBe(true);
     started = await cluster.restart("scheduler");
     scheduler = createClient(SchedulerServiceClient, cluster.addr.scheduler);
-    await waitFor("the recorded instants to be resolved", async () => (await getSchedule("rec-skip")).status?.firingAt?.getTime() !== X, 15_000, 100);
+    await waitFor(
+      "the recorded instants to be resolved",
+      async () => (await getSchedule("rec-skip")).status?.firingAt?.getTime() !== X,
+      15_000,
+      100,
+    );
   });
 
   afterAll(async () => {
@@ -129,7 +134,11 @@ describe("scheduler: recorded instants on start", () => {
 
     // Each was looked up once by its job id before being judged.
     for (const id of ["rec-skip", "rec-latest", "rec-first"]) {
-      expect(started.logs.some((l) => l.msg === "recorded instant was never submitted and is past the grace: missed" && l.schedule === id)).toBe(true);
+      expect(
+        started.logs.some(
+          (l) => l.msg === "recorded instant was never submitted and is past the grace: missed" && l.schedule === id,
+        ),
+      ).toBe(true);
     }
   });
 

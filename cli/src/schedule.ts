@@ -78,7 +78,10 @@ function describeSchedule(s: Schedule): string {
     ["fires", String(status?.fireCount ?? 0)],
     ["missed", String(status?.missedCount ?? 0)],
     ["skipped", String(status?.skippedCount ?? 0)],
-    ...(status?.firingAt ? [["firing at", formatInstant(status.firingAt)] as [string, string]] : []),
+    // Recorded ahead as the next instant is the usual case: shown only when it is something else.
+    ...(status?.firingAt && status.firingAt.getTime() !== status.nextFireAt?.getTime()
+      ? [["recorded instant", formatInstant(status.firingAt)] as [string, string]]
+      : []),
   ]);
 }
 
