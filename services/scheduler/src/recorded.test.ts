@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { preRecord, recordedAfterPause, recordedAfterSpecChange, recordedFate } from "./recorded.js";
+import { preRecord, recordedAfterPause, recordedFate } from "./recorded.js";
 
 const T = Date.UTC(2025, 0, 1, 12);
 
@@ -23,13 +23,6 @@ describe("a recorded instant", () => {
     expect(preRecord(true, undefined, false)).toBeUndefined(); // once, max_runs, end_at
     expect(preRecord(true, T + 1_000, true)).toBeUndefined(); // paused meanwhile
     expect(preRecord(false, T + 1_000, false)).toBeUndefined(); // trigger, backfill, queued
-  });
-
-  it("is kept by a spec change only when it is the new rule's next instant", () => {
-    expect(recordedAfterSpecChange(T, T)).toBe(T);
-    expect(recordedAfterSpecChange(T, T + 500)).toBeUndefined();
-    expect(recordedAfterSpecChange(T, undefined)).toBeUndefined();
-    expect(recordedAfterSpecChange(undefined, T)).toBeUndefined();
   });
 
   it("is dropped by a pause when still ahead, kept for resume when due or past", () => {

@@ -32,15 +32,6 @@ export function preRecord(advances: boolean, nextMs: number | undefined, paused:
 }
 
 /**
- * `firing_at` after an update that changed the spec: a recorded instant is
- * kept only when it is the new rule's next instant; any other is off the
- * new rule (or, in the past, is finished by the fire in flight, if any).
- */
-export function recordedAfterSpecChange(recordedMs: number | undefined, newNextMs: number | undefined): number | undefined {
-  return recordedMs !== undefined && recordedMs === newNextMs ? recordedMs : undefined;
-}
-
-/**
  * `firing_at` after a pause: an instant still ahead of now cannot have been
  * submitted (no leader submits before its instant) and is dropped; one due
  * or past may have been (a fire in flight, or interrupted) and is kept, so

@@ -243,10 +243,12 @@ describe("scheduler: one write per fire, recorded instants resolved by job id", 
   it("after the first fire, each fire is one write and pre-records the next instant (no job look-up)", async () => {
     await start();
     await create("steady", everySecond());
+    // The first instant is recorded with the schedule.
+    expect(status("steady")?.firingAt?.getTime()).toBe(T0 + 1_000);
     const afterCreate = bucket.writes;
-    await vi.advanceTimersByTimeAsync(1_000); // first instant T0+1s: record, submit, outcome
+    await vi.advanceTimersByTimeAsync(1_000); // first instant T0+1s: submit, outcome
     expect(jobs.instants("steady")).toEqual([T0 + 1_000]);
-    expect(bucket.writes - afterCreate).toBe(2);
+    expect(bucket.writes - afterCreate).toBe(1);
     expect(status("steady")?.firingAt?.getTime()).toBe(T0 + 2_000);
     expect(status("steady")?.nextFireAt?.getTime()).toBe(T0 + 2_000);
     const before = bucket.writes;
@@ -374,7 +376,7 @@ describe("scheduler: one write per fire, recorded instants resolved by job id", 
     expect(status("held")?.firingAt?.getTime()).toBe(status("held")?.nextFireAt?.getTime());
   });
 
-  it("an update that changes the spec drops a pre-recorded instant off the new rule", async () => {
+  it("an update that changes the spec replaces the pre-recorded instant by the new rule's next", async () => {
     await start();
     await create("upd", everySecond());
     await vi.advanceTimersByTimeAsync(1_000);
@@ -385,10 +387,13 @@ describe("scheduler: one write per fire, recorded instants resolved by job id", 
         spec: { kind: { $case: "cron", value: { expression: "*/5 * * * * *", timeZone: "" } } },
       }),
     );
-    expect(status("upd")?.firingAt).toBeUndefined();
+    expect(status("upd")?.firingAt?.getTime()).toBe(T0 + 5_000);
     expect(status("upd")?.nextFireAt?.getTime()).toBe(T0 + 5_000);
+    const before = bucket.writes;
     await vi.advanceTimersByTimeAsync(5_000);
     expect(jobs.instants("upd")).toEqual([T0 + 1_000, T0 + 5_000]);
+    expect(bucket.writes - before).toBe(1);
+    expect(jobs.gets).toEqual([]);
     expect(status("upd")?.firingAt?.getTime()).toBe(T0 + 10_000);
   });
 
@@ -439,6 +444,20 @@ describe("scheduler: one write per fire, recorded instants resolved by job id", 
     expect(new Set(instants).size).toBe(instants.length);
     expect(instants.length + (st?.missedCount ?? 0)).toBe((instants[instants.length - 1]! - instants[0]!) / 1_000 + 1);
     expect(st?.missedCount).toBeGreaterThan(0);
+  });
+
+  it("an instant another replica recorded (a create served by a standby) is looked up when due, then fired once", async () => {
+    await start();
+    bucket.put("elsewhere", {
+      ...storedWithRecorded("elsewhere", T0 + 1_000, everySecond()),
+      status: { ...storedWithRecorded("elsewhere", T0 + 1_000, everySecond()).status!, fireCount: 0, lastFireAt: undefined },
+    });
+    await vi.advanceTimersByTimeAsync(1_000);
+    expect(jobs.gets).toEqual([fireJobId("elsewhere", T0 + 1_000)]);
+    expect(jobs.submits).toEqual([{ jobId: fireJobId("elsewhere", T0 + 1_000), created: true }]);
+    await vi.advanceTimersByTimeAsync(1_000);
+    expect(jobs.gets).toHaveLength(1); // the next one is this leader's own pre-record
+    expect(jobs.instants("elsewhere")).toEqual([T0 + 1_000, T0 + 2_000]);
   });
 
   it("a trigger leaves the pre-recorded instant in place", async () => {

@@ -69,7 +69,7 @@ import {
   type FireRule,
 } from "./fire-times.js";
 import type { SchedulerMetrics } from "./metrics.js";
-import { preRecord, recordedAfterPause, recordedAfterSpecChange, recordedFate } from "./recorded.js";
+import { preRecord, recordedAfterPause, recordedFate } from "./recorded.js";
 import { TimerQueue } from "./timer-queue.js";
 
 /** What the scheduler needs from the job-manager. */
@@ -329,12 +329,22 @@ export class Scheduler {
       tags: request.tags,
       createdAt: new Date(now),
       updatedAt: new Date(now),
-      status: { nextFireAt: next === undefined ? undefined : new Date(next), writer: this.replicaId },
+      // The first instant is recorded with the schedule: its fire, too, is one submit and one write.
+      status: {
+        nextFireAt: next === undefined ? undefined : new Date(next),
+        firingAt: next === undefined ? undefined : new Date(next),
+        writer: this.replicaId,
+      },
     });
     const revision = await this.options.schedules.create(id, schedule).catch((err: unknown) => {
       throw err instanceof AlreadyExistsError ? new AlreadyExistsError("schedule", id) : err;
     });
-    this.schedules.set(id, { record: { key: id, value: schedule, revision }, rule, spec: schedule.spec });
+    this.schedules.set(id, {
+      record: { key: id, value: schedule, revision },
+      rule,
+      spec: schedule.spec,
+      preRecorded: next !== undefined && this.leading ? { at: next, epoch: this.epoch } : undefined,
+    });
     if (next !== undefined && this.leading) this.timers.arm(id, next);
     this.log.info({ schedule: id, next: next && new Date(next).toISOString() }, "schedule created");
     return schedule;
@@ -421,6 +431,7 @@ export class Scheduler {
     const specChanged = request.spec !== undefined && JSON.stringify(request.spec) !== keyOf(armed);
     const createdAtMs = armed.record.value.createdAt?.getTime() ?? now;
     const rule = request.spec && specChanged ? compileRule(request.spec, { createdAtMs, scheduleId: id }) : armed.rule;
+    const epoch = this.epoch;
     if (specChanged) {
       this.timers.disarm(id);
       armed.preRecorded = undefined;
@@ -428,8 +439,8 @@ export class Scheduler {
     const updated = await this.update(id, (s) => {
       const status = statusOf(s);
       const next = specChanged && !s.paused ? rule.next(now, status.fireCount, 0) : status.nextFireAt?.getTime();
-      // A recorded instant the new rule does not fire next is dropped.
-      const recorded = specChanged ? recordedAfterSpecChange(status.firingAt?.getTime(), next) : status.firingAt?.getTime();
+      // A spec change replaces the recorded instant by the new rule's next one (none while paused).
+      const recorded = specChanged ? preRecord(true, next, s.paused) : status.firingAt?.getTime();
       return {
         ...s,
         name: request.name ?? s.name,
@@ -448,6 +459,7 @@ export class Scheduler {
     if (specChanged) {
       const current = this.schedules.get(id);
       if (current) Object.assign(current, { rule, spec: updated.spec, specKey: specKey(updated) });
+      this.notePreRecorded(id, updated.status?.firingAt?.getTime(), epoch);
       if (this.leading) this.reconcile(id);
     }
     this.log.info({ schedule: id, specChanged, next: updated.status?.nextFireAt?.toISOString() }, "schedule updated");
