@@ -128,10 +128,18 @@ class FakeJobs implements JobManagerApi {
   active: string[] = [];
   /** While set, submissions wait for it (a job-manager that cannot write). */
   hold: Promise<void> | undefined;
+  /** Unreachable: every call fails as UNAVAILABLE; with `lostReplies`, a submission gets through first. */
+  down = false;
+  lostReplies = false;
 
   async submit(request: SubmitJobRequest): Promise<SubmitJobResponse> {
     await Promise.resolve();
     if (this.hold) await this.hold;
+    if (this.down) {
+      if (this.lostReplies && !this.jobs.has(request.jobId))
+        this.add(request.jobId, request.scheduledAt?.getTime() ?? 0, Date.now());
+      throw new UnavailableError("job-manager unreachable (test)");
+    }
     const created = !this.jobs.has(request.jobId);
     if (created) this.add(request.jobId, request.scheduledAt?.getTime() ?? 0, Date.now());
     this.submits.push({ jobId: request.jobId, created });
@@ -140,6 +148,7 @@ class FakeJobs implements JobManagerApi {
 
   async get(jobId: string): Promise<Job> {
     await Promise.resolve();
+    if (this.down) throw new UnavailableError("job-manager unreachable (test)");
     this.gets.push(jobId);
     const job = this.jobs.get(jobId);
     if (!job) throw Object.assign(new AspenError(5, `job "${jobId}" not found`), { name: "NotFoundError" });
@@ -458,6 +467,41 @@ describe("scheduler: one write per fire, recorded instants resolved by job id", 
     await vi.advanceTimersByTimeAsync(1_000);
     expect(jobs.gets).toHaveLength(1); // the next one is this leader's own pre-record
     expect(jobs.instants("elsewhere")).toEqual([T0 + 1_000, T0 + 2_000]);
+  });
+
+  it("a submit that fails past the grace is resolved by job id: never submitted → missed, got through → finished", async () => {
+    await start();
+    await create("jm-down", everySecond());
+    await create("jm-lost", everySecond());
+    await vi.advanceTimersByTimeAsync(1_000); // T0+1s fired
+    jobs.down = true;
+    jobs.lostReplies = false;
+    await vi.advanceTimersByTimeAsync(8_000);
+    jobs.down = false;
+    await vi.advanceTimersByTimeAsync(3_000);
+    const down = jobs.instants("jm-down");
+    const st = status("jm-down");
+    expect(down).not.toContain(T0 + 2_000); // never got through, past the grace: missed (SKIP)
+    expect(down[0]).toBe(T0 + 1_000);
+    expect(down.length + (st?.missedCount ?? 0)).toBe((down[down.length - 1]! - T0 - 1_000) / 1_000 + 1);
+    expect(st?.firingAt?.getTime()).toBe(st?.nextFireAt?.getTime());
+
+    // The same outage where each submission got through and only the reply was lost.
+    jobs.down = true;
+    jobs.lostReplies = true;
+    const outage = Date.now();
+    await vi.advanceTimersByTimeAsync(8_000);
+    jobs.down = false;
+    await vi.advanceTimersByTimeAsync(3_000);
+    const lost = jobs.instants("jm-lost").filter((t) => t > outage);
+    expect(new Set(lost).size).toBe(lost.length);
+    // The instant whose submission got through at the outage's start is finished, not missed.
+    const firstInOutage = Math.ceil(outage / 1_000) * 1_000;
+    expect(lost).toContain(firstInOutage);
+    expect(jobs.gets).toContain(fireJobId("jm-lost", firstInOutage));
+    const stLost = status("jm-lost");
+    const all = jobs.instants("jm-lost");
+    expect(all.length + (stLost?.missedCount ?? 0)).toBe((all[all.length - 1]! - all[0]!) / 1_000 + 1);
   });
 
   it("a trigger leaves the pre-recorded instant in place", async () => {

@@ -959,6 +959,7 @@ export class Scheduler {
         },
         async () => {
           const job = armed.record.value.job;
+          const firstTry = this.clock();
           for (let backoffMs = 100; ; backoffMs = Math.min(backoffMs * 2, SUBMIT_BACKOFF_MAX_MS)) {
             try {
               const res = await this.options.jobs.submit({
@@ -978,6 +979,10 @@ export class Scheduler {
                 return;
               }
               if (this.closed || !this.schedules.has(id)) throw err;
+              // A scheduled instant is retried here for the misfire grace; after that the
+              // schedule is taken up again from its stored state a second later, where the
+              // recorded instant is resolved by its job id (the call may have got through).
+              if (advances && this.clock() - firstTry > this.graceMs) throw err;
               this.log.warn({ schedule: id, job: jobId, err: (err as Error).message, backoffMs }, "submit failed; retrying");
               await new Promise((r) => setTimeout(r, backoffMs));
             }
