@@ -13,6 +13,9 @@ import { ConfigError } from "@aspen/runtime";
 const bytes = z.number().int().min(0);
 const count = z.number().int().min(0);
 
+/** Variables that inject code into loaders and shells: never settable by a job, plain or secret. */
+const INJECTION_ENV = ["LD_*", "DYLD_*", "BASH_ENV", "ENV", "BASH_FUNC_*", "NODE_OPTIONS", "PYTHONSTARTUP", "PERL5OPT"];
+
 /** Variables a job may never set: injection into loaders and shells, and names that look like secrets. */
 export const DEFAULT_ENV_DENY = [
   "*SECRET*",
@@ -21,14 +24,7 @@ export const DEFAULT_ENV_DENY = [
   "*PASSWD*",
   "*CREDENTIAL*",
   "*PRIVATE_KEY*",
-  "LD_*",
-  "DYLD_*",
-  "BASH_ENV",
-  "ENV",
-  "BASH_FUNC_*",
-  "NODE_OPTIONS",
-  "PYTHONSTARTUP",
-  "PERL5OPT",
+  ...INJECTION_ENV,
 ];
 
 /**
@@ -36,16 +32,7 @@ export const DEFAULT_ENV_DENY = [
  * DEFAULT_ENV_DENY, without the secret-looking names (secret_env is where
  * those belong).
  */
-export const DEFAULT_SECRET_ENV_DENY = [
-  "LD_*",
-  "DYLD_*",
-  "BASH_ENV",
-  "ENV",
-  "BASH_FUNC_*",
-  "NODE_OPTIONS",
-  "PYTHONSTARTUP",
-  "PERL5OPT",
-];
+export const DEFAULT_SECRET_ENV_DENY = [...INJECTION_ENV];
 
 export const LimitsSchema = z
   .object({
