@@ -12,7 +12,6 @@ import {
   CreateScheduleRequest,
   JobServiceClient,
   JobState,
-  ListJobsRequest,
   PreviewScheduleRequest,
   SchedulerServiceClient,
   type Job,
@@ -27,6 +26,7 @@ import {
   waitHealthy,
   type Cluster,
   type ServiceProcess,
+  jobsOfSchedule,
 } from "@aspen/testkit";
 
 describe("scheduler HA and operations", () => {
@@ -57,8 +57,7 @@ describe("scheduler HA and operations", () => {
     clients.push(c);
     return c;
   };
-  const jobsOf = async (scheduleId: string): Promise<Job[]> =>
-    (await unaryCall(jobs.listJobs.bind(jobs), ListJobsRequest.fromPartial({ scheduleId, pageSize: 1000 }))).jobs;
+  const jobsOf = (scheduleId: string): Promise<Job[]> => jobsOfSchedule(jobs, scheduleId);
 
   it("a standby takes over when the leader is SIGKILLed: no instant twice, none lost", async () => {
     const a = client(cluster.addr.scheduler);

@@ -10,13 +10,12 @@ import {
   CreateScheduleRequest,
   JobServiceClient,
   JobState,
-  ListJobsRequest,
   SchedulerServiceClient,
   type Job,
   type Schedule,
 } from "@aspen/proto";
 import { createClient, unaryCall } from "@aspen/runtime";
-import { sleep, startCluster, waitFor, type Cluster } from "@aspen/testkit";
+import { sleep, startCluster, waitFor, type Cluster, jobsOfSchedule } from "@aspen/testkit";
 
 const GRACE_MS = 500;
 
@@ -42,9 +41,7 @@ describe("scheduler policies", () => {
   });
 
   const jobsOf = async (scheduleId: string): Promise<Job[]> =>
-    (await unaryCall(jobs.listJobs.bind(jobs), ListJobsRequest.fromPartial({ scheduleId, pageSize: 1000 }))).jobs.sort(
-      (a, b) => (a.scheduledAt?.getTime() ?? 0) - (b.scheduledAt?.getTime() ?? 0),
-    );
+    (await jobsOfSchedule(jobs, scheduleId)).sort((a, b) => (a.scheduledAt?.getTime() ?? 0) - (b.scheduledAt?.getTime() ?? 0));
   const getSchedule = (scheduleId: string): Promise<Schedule> => unaryCall(scheduler.getSchedule.bind(scheduler), { scheduleId });
   const create = (req: Parameters<typeof CreateScheduleRequest.fromPartial>[0]) =>
     unaryCall(scheduler.createSchedule.bind(scheduler), CreateScheduleRequest.fromPartial(req));

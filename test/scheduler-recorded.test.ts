@@ -11,7 +11,6 @@ import {
   CatchUpPolicy,
   CreateScheduleRequest,
   JobServiceClient,
-  ListJobsRequest,
   Schedule,
   SchedulerServiceClient,
   SubmitJobRequest,
@@ -21,7 +20,7 @@ import {
 import { createClient, createLogger, unaryCall } from "@aspen/runtime";
 import { fireJobId } from "@aspen/model";
 import { Store } from "@aspen/store";
-import { sleep, startCluster, waitFor, type Cluster, type ServiceProcess } from "@aspen/testkit";
+import { sleep, startCluster, waitFor, type Cluster, type ServiceProcess, jobsOfSchedule } from "@aspen/testkit";
 
 const GRACE_MS = 500;
 
@@ -35,8 +34,7 @@ describe("scheduler: recorded instants on start", () => {
 
   const everySecond = (catchUp: CatchUpPolicy): ScheduleSpec =>
     ({ kind: { $case: "cron", value: { expression: "* * * * * *", timeZone: "" } }, catchUp }) as ScheduleSpec;
-  const jobsOf = async (scheduleId: string): Promise<Job[]> =>
-    (await unaryCall(jobs.listJobs.bind(jobs), ListJobsRequest.fromPartial({ scheduleId, pageSize: 1000 }))).jobs;
+  const jobsOf = (scheduleId: string): Promise<Job[]> => jobsOfSchedule(jobs, scheduleId);
   const getSchedule = (scheduleId: string) => unaryCall(scheduler.getSchedule.bind(scheduler), { scheduleId });
   const at = (j: Job) => j.scheduledAt?.getTime() ?? NaN;
   const stored = (id: string, spec: ScheduleSpec): Schedule =>

@@ -4,16 +4,9 @@
  * agent; the scheduler SIGKILLed and restarted; every nominal instant runs once.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import {
-  CreateScheduleRequest,
-  JobServiceClient,
-  JobState,
-  ListJobsRequest,
-  SchedulerServiceClient,
-  type Job,
-} from "@aspen/proto";
+import { CreateScheduleRequest, JobServiceClient, JobState, SchedulerServiceClient, type Job } from "@aspen/proto";
 import { createClient, unaryCall } from "@aspen/runtime";
-import { startCluster, waitFor, type Cluster } from "@aspen/testkit";
+import { startCluster, waitFor, type Cluster, jobsOfSchedule } from "@aspen/testkit";
 
 describe("walking skeleton", () => {
   let cluster: Cluster;
@@ -32,8 +25,7 @@ describe("walking skeleton", () => {
     await cluster?.[Symbol.asyncDispose]();
   });
 
-  const jobsOf = async (scheduleId: string): Promise<Job[]> =>
-    (await unaryCall(jobs.listJobs.bind(jobs), ListJobsRequest.fromPartial({ scheduleId, pageSize: 1000 }))).jobs;
+  const jobsOf = (scheduleId: string): Promise<Job[]> => jobsOfSchedule(jobs, scheduleId);
 
   it("runs a 2 s cron schedule on an agent, survives a scheduler SIGKILL, and never runs an instant twice", async () => {
     const created = await unaryCall(

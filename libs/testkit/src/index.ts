@@ -9,7 +9,14 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { HealthCheckResponse_ServingStatus, HealthClient, SubmitJobRequest, type JobServiceClient } from "@aspen/proto";
+import {
+  HealthCheckResponse_ServingStatus,
+  HealthClient,
+  ListJobsRequest,
+  SubmitJobRequest,
+  type Job,
+  type JobServiceClient,
+} from "@aspen/proto";
 import { createClient, generateSecretsKeyPair, hashToken, newToken, unaryCall } from "@aspen/runtime";
 
 /** The repository root (this file is libs/testkit/dist/index.js). */
@@ -805,6 +812,11 @@ export interface Submitter {
   failedCalls(): number;
   /** Stops submitting and waits for the call in flight. */
   stop(): Promise<void>;
+}
+
+/** A schedule's fired jobs (up to 1,000), as the job-manager lists them (newest first). */
+export async function jobsOfSchedule(jobs: JobServiceClient, scheduleId: string): Promise<Job[]> {
+  return (await unaryCall(jobs.listJobs.bind(jobs), ListJobsRequest.fromPartial({ scheduleId, pageSize: 1000 }))).jobs;
 }
 
 /**
