@@ -70,6 +70,7 @@ export {
   generateSecretsKeyPair,
   isSealedForm,
   loadSecretOpener,
+  controlPlaneSealer,
   loadSecretSealer,
   sealedKeyId,
   SEALED_OVERHEAD,

@@ -35,6 +35,7 @@ import {
 } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { ConfigError } from "./config.js";
+import type { Logger } from "./logger.js";
 
 const VERSION = 0x01;
 const KEY_ID_BYTES = 8;
@@ -219,4 +220,15 @@ export function loadSecretOpener(paths: string[], setting = "ASPEN_SECRETS_PRIVA
     }
   });
   return new SecretOpener(keys);
+}
+
+/**
+ * The scheduler's and job-manager's sealer (ASPEN_SECRETS_PUBLIC_KEY_FILE), saying at
+ * start which way it is: sealing to the agents' key, or refusing inline values.
+ */
+export function controlPlaneSealer(path: string | undefined, log: Logger): SecretSealer | undefined {
+  const sealer = loadSecretSealer(path);
+  if (sealer) log.info({ secretsKeyId: sealer.keyId }, "inline secret values are sealed to the agents' public key");
+  else log.info("ASPEN_SECRETS_PUBLIC_KEY_FILE not set: inline secret values are refused (agent references work)");
+  return sealer;
 }

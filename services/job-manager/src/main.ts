@@ -7,7 +7,7 @@ import {
   createLogger,
   durationToMs,
   GrpcServer,
-  loadSecretSealer,
+  controlPlaneSealer,
   meter,
   observeGauge,
   runMain,
@@ -50,9 +50,7 @@ await runMain(log, async () => {
     unit: "By",
     description: "stdout + stderr bytes of finished attempts reported by agents",
   });
-  const sealer = loadSecretSealer(config.ASPEN_SECRETS_PUBLIC_KEY_FILE);
-  if (sealer) log.info({ secretsKeyId: sealer.keyId }, "inline secret values are sealed to the agents' public key");
-  else log.info("ASPEN_SECRETS_PUBLIC_KEY_FILE not set: inline secret values are refused (agent references work)");
+  const sealer = controlPlaneSealer(config.ASPEN_SECRETS_PUBLIC_KEY_FILE, log);
   const jobs = new JobManager({
     sealer,
     onOutputBytes: (bytes) => outputBytes.add(bytes),

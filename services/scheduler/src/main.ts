@@ -5,7 +5,7 @@ import {
   createClient,
   createLogger,
   GrpcServer,
-  loadSecretSealer,
+  controlPlaneSealer,
   observeGauge,
   runMain,
   unaryCall,
@@ -23,9 +23,7 @@ await runMain(log, async () => {
   const config = loadSchedulerConfig();
   const { replicaId, telemetry, store, audit } = await openControlService("scheduler", config, log);
   const jobManager = createClient(JobServiceClient, config.ASPEN_JOB_MANAGER_ADDR);
-  const sealer = loadSecretSealer(config.ASPEN_SECRETS_PUBLIC_KEY_FILE);
-  if (sealer) log.info({ secretsKeyId: sealer.keyId }, "inline secret values are sealed to the agents' public key");
-  else log.info("ASPEN_SECRETS_PUBLIC_KEY_FILE not set: inline secret values are refused (agent references work)");
+  const sealer = controlPlaneSealer(config.ASPEN_SECRETS_PUBLIC_KEY_FILE, log);
   const scheduler = new Scheduler({
     sealer,
     schedules: await store.bucket("aspen_schedules", Schedule),
