@@ -90,11 +90,7 @@ export class Dispatcher {
       void this.dispatchOne(entry.id)
         .catch((): DispatchOutcome => "unavailable")
         .then((outcome) => this.settle(entry, outcome))
-        .finally(() => {
-          this.inFlight--;
-          this.pump();
-          if (this.inFlight === 0) this.idleWaiters.splice(0).forEach((w) => w());
-        });
+        .finally(() => this.slotDone());
     }
   }
 
@@ -111,8 +107,13 @@ export class Dispatcher {
 
   /** Ends a `claimDirect` placement. A job put back is queued by its owner (`enqueue`), not here. */
   settleDirect(outcome: DispatchOutcome): void {
-    this.inFlight--;
     if (outcome === "no-capacity" || outcome === "unavailable") this.throttle();
+    this.slotDone();
+  }
+
+  /** A placement in flight ended: the slot goes to the next job; close() waits for the last. */
+  private slotDone(): void {
+    this.inFlight--;
     this.pump();
     if (this.inFlight === 0) this.idleWaiters.splice(0).forEach((w) => w());
   }
