@@ -115,17 +115,33 @@ function summary(values) {
 const fmtMs = (v) => (Number.isNaN(v) ? "n/a" : v >= 100 ? `${Math.round(v)} ms` : `${v.toFixed(1)} ms`);
 const fmtRate = (v) => `${Math.round(v)} jobs/s`;
 
+/** /proc/<pid>/stat fields after "(comm) ": state is f[0], ppid f[1], utime, stime, cutime, cstime f[11..14]. */
+function statFields(pid) {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  return stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+}
+
 /**
  * CPU seconds (user + system) a Linux process has used so far: its own, and that of its
- * children it has reaped (for an agent: the jobs). Undefined elsewhere or once it is gone.
+ * descendants — the ones it has reaped and the ones still alive (for an agent: its fork
+ * server, which lives as long as the agent, and the jobs). USER_HZ is 100 on Linux.
+ * Undefined elsewhere or once it is gone.
  */
 function cpuSeconds(pid) {
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    // After "(comm) ": state (field 3) is f[0]; utime, stime, cutime, cstime (fields 14-17) are f[11..14].
-    // USER_HZ is 100 on Linux.
-    return { self: (Number(f[11]) + Number(f[12])) / 100, children: (Number(f[13]) + Number(f[14])) / 100 };
+    const f = statFields(pid);
+    let children = (Number(f[13]) + Number(f[14])) / 100;
+    for (const entry of readdirSync("/proc")) {
+      if (!/^\d+$/.test(entry)) continue;
+      try {
+        if (Number(statFields(entry)[1]) !== pid) continue;
+      } catch {
+        continue; // gone meanwhile
+      }
+      const child = cpuSeconds(Number(entry));
+      if (child) children += child.self + child.children;
+    }
+    return { self: (Number(f[11]) + Number(f[12])) / 100, children };
   } catch {
     return undefined;
   }

@@ -67,6 +67,12 @@ export const AgentConfigSchema = z.object({
    * dropped). Unset: jobs with agent references are refused.
    */
   ASPEN_AGENT_SECRETS_DIR: env.optionalString(),
+  /**
+   * What starts job processes: "forkserver" (a small Perl process forks for the
+   * agent, forkserver.ts; falls back to "node" with a warning when perl is not
+   * on PATH) or "node" (child_process.spawn from the agent itself).
+   */
+  ASPEN_SPAWNER: z.enum(["forkserver", "node"]).default("forkserver"),
   ASPEN_LOG_LEVEL: env.logLevel(),
 });
 

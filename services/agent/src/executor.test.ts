@@ -1,13 +1,13 @@
 /** The executor with real child processes. */
 import { createHash } from "node:crypto";
-import { describe, expect, it } from "vitest";
+import { afterAll, describe, expect, it } from "vitest";
 import { JobSpec, StderrMode } from "@aspen/proto";
 import { processGroupAlive } from "@aspen/testkit";
 import { admit, compilePolicy } from "./admission.js";
 import { BoundedCapture, execute as run, type ExecutorOptions } from "./executor.js";
+import { ForkServer, nodeSpawner, type Spawner } from "./forkserver.js";
 import { PolicySchema } from "./policy.js";
 
-const options: ExecutorOptions = { maxInlineOutputBytes: 1024 * 1024 };
 const policy = compilePolicy(PolicySchema.parse({ workRoot: "/tmp" }), {
   defaultWorkRoot: "/tmp",
   agentEnv: { PATH: process.env.PATH ?? "/usr/bin:/bin" },
@@ -19,7 +19,15 @@ const spec = (s: Parameters<typeof JobSpec.fromPartial>[0]) => JobSpec.fromParti
 const sh = (script: string, extra: Parameters<typeof JobSpec.fromPartial>[0] = {}) =>
   spec({ ...extra, exec: { command: "/bin/sh", args: ["-c", script], ...extra.exec } });
 
-describe("executor", () => {
+const forkServer = new ForkServer();
+afterAll(() => forkServer.close());
+
+// Every behaviour holds for both ways of starting a process: the agent's fork server and child_process.
+describe.each<[string, Spawner]>([
+  ["fork server", forkServer],
+  ["child_process", nodeSpawner],
+])("executor (%s)", (_name, spawner) => {
+  const options: ExecutorOptions = { maxInlineOutputBytes: 1024 * 1024, spawner };
   it("runs a command without a shell and captures stdout, exit code and digest", async () => {
     const run = execute(spec({ exec: { command: "echo", args: ["hello", "$HOME", ";", "ls"] } }), options);
     const { pid } = await run.started;

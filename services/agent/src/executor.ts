@@ -8,12 +8,12 @@
  * orphan holds a pipe open. CPU time and peak memory are sampled from /proc.
  */
 import { createHash, type Hash } from "node:crypto";
-import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { StderrMode, type AttemptResult, type JobSpec, type Output } from "@aspen/proto";
 import { durationToMs, msToDuration } from "@aspen/runtime";
 import { DEFAULT_INLINE_OUTPUT_BYTES, DEFAULT_KILL_GRACE_MS } from "@aspen/model";
 import type { Plan } from "./admission.js";
+import { nodeSpawner, type Spawner } from "./forkserver.js";
 import { explainLimit, wrap } from "./limits.js";
 import type { ObjectWriter, StoredObject } from "./output-store.js";
 import { StreamRedactor } from "./redactor.js";
@@ -27,6 +27,8 @@ export interface ExecutorOptions {
   writer?: (stream: "stdout" | "stderr") => ObjectWriter | undefined;
   /** bubblewrap binary and extra writable paths, for plans with a sandbox. */
   sandbox?: { bwrap: string; writable: string[] };
+  /** What starts the process (the agent's fork server); default child_process.spawn. */
+  spawner?: Spawner;
   /** How often CPU time and memory are sampled, ms. */
   usageSampleMs?: number;
   /** Told when the full output could not be stored (the job still completes). */
@@ -175,22 +177,21 @@ export function execute(spec: JobSpec, plan: Plan, options: ExecutorOptions): Ex
   );
 
   const startedAt = new Date();
-  // child_process directly rather than execa: the hot path needs no more than
-  // spawn, and execa's per-call setup cost about twice a bare spawn here
-  // (docs/architecture.md, "Execution"). Never a shell unless asked for.
-  const child = spawn(file, args, {
+  // A bare spawn rather than execa: the hot path needs no more than spawn, and
+  // execa's per-call setup cost about twice a bare spawn here
+  // (docs/architecture.md, "Execution"). Never a shell unless asked for. Its
+  // own session and process group: signals reach every descendant that did
+  // not leave it.
+  const child = (options.spawner ?? nodeSpawner).spawn(file, args, {
     env: plan.env,
     cwd: plan.cwd,
-    // Own process group: signals reach every descendant that did not leave it.
-    detached: true,
     uid: plan.runAs?.uid,
     gid: plan.runAs?.gid,
-    stdio: [hasStdin ? "pipe" : "ignore", "pipe", stderrMode === StderrMode.STDERR_MODE_DISCARD ? "ignore" : "pipe"],
+    stdin: hasStdin ? stdin : undefined,
+    stdout: "pipe",
+    stderr:
+      stderrMode === StderrMode.STDERR_MODE_DISCARD ? "ignore" : stderrMode === StderrMode.STDERR_MODE_MERGED ? "stdout" : "pipe",
   });
-  if (hasStdin) {
-    child.stdin?.on("error", () => undefined); // a command that does not read its stdin closes it early
-    child.stdin?.end(Buffer.from(stdin));
-  }
 
   let timedOut = false;
   let cancelled = false;

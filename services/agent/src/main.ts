@@ -1,10 +1,11 @@
 /** Agent process: wires config and policy, logging, telemetry, NATS (outputs, audit), the health endpoint and the coordinator session. */
 import { closeInOrder, createLogger, GrpcServer, loadSecretOpener, runMain, startTelemetry } from "@aspen/runtime";
 import { Store } from "@aspen/store";
-import { compilePolicy } from "./admission.js";
+import { compilePolicy, which } from "./admission.js";
 import { Agent } from "./agent.js";
 import { AuditLog } from "./audit.js";
 import { loadAgentConfig } from "./config.js";
+import { ForkServer, nodeSpawner, type Spawner } from "./forkserver.js";
 import { OutputStore } from "./output-store.js";
 import { GroupRegistry } from "./reaper.js";
 import { SecretResolver } from "./secrets.js";
@@ -35,6 +36,10 @@ await runMain(log, async () => {
   // Before taking work: jobs a crashed predecessor left running are killed.
   groups?.reapLeftovers();
   if (!groups) log.warn("ASPEN_STATE_DIR not set: jobs of a crashed agent are not killed when it restarts");
+  const perl = config.ASPEN_SPAWNER === "forkserver" ? which("perl", process.env.PATH ?? "/usr/bin:/bin") : undefined;
+  if (config.ASPEN_SPAWNER === "forkserver" && !perl)
+    log.warn("ASPEN_SPAWNER=forkserver but perl is not on PATH: jobs are spawned by the agent itself (slower)");
+  const spawner: Spawner = perl ? new ForkServer(perl, log) : nodeSpawner;
   const telemetry = startTelemetry("aspen-agent");
   const store =
     config.ASPEN_NATS_SERVERS.length > 0
@@ -58,6 +63,7 @@ await runMain(log, async () => {
     groups,
     executor: {
       maxInlineOutputBytes: settings.inlineBytes,
+      spawner,
       maxOutputBytes: settings.policy.output.maxBytes,
       sandbox: { bwrap: settings.policy.sandbox.bwrap, writable: settings.policy.sandbox.writable },
       onStoreError: (stream, err) => log.warn({ stream, err: err.message }, "full output not stored; inline capture only"),
@@ -78,13 +84,21 @@ await runMain(log, async () => {
   const port = await health.start();
   agent.start();
   log.info(
-    { healthPort: port, worker: config.ASPEN_WORKER_ID, slots: settings.slots, workRoot: policy.workRoot, outputs: !!outputs },
+    {
+      healthPort: port,
+      worker: config.ASPEN_WORKER_ID,
+      slots: settings.slots,
+      workRoot: policy.workRoot,
+      outputs: !!outputs,
+      spawner: perl ? `forkserver (${perl})` : "node",
+    },
     "agent ready",
   );
   return {
     close: () =>
       closeInOrder(log, [
         ["agent", () => agent.close(config.ASPEN_DRAIN_TIMEOUT)],
+        ["fork server", () => spawner.close()],
         ["audit", async () => audit?.flush()],
         ["health server", () => health.close(1_000)],
         ["nats", async () => store?.close()],
