@@ -37,6 +37,7 @@ my %jobs;      # id -> { pid, status => fh, out => {s => fh}, in => fh, inbuf, s
 my %by_fd;     # fileno -> [id, kind] where kind is 1, 2 (output), 's' (exec status) or 'i' (stdin)
 my %pid_id;    # pid -> id
 my %held;      # fileno -> 1 while the agent holds a stream back
+open(my $null, '+<', '/dev/null') or die "/dev/null: $!";   # stdio a job does not pipe
 my $rin = '';  # read set
 my $win = '';  # write set (children's stdin)
 
@@ -68,6 +69,9 @@ sub unwatch {
   delete $by_fd{$fd}; delete $held{$fd}; close $fh;
 }
 
+# The set bits of a select vector, lowest first.
+sub ready { my $bits = unpack('b*', shift); my @fds; my $i = -1; push @fds, $i while ($i = index($bits, '1', $i + 1)) >= 0; return @fds; }
+
 sub errno_name { my $e = shift; for my $n (keys %!) { local $! = $e; return $n if $!{$n}; } return "E$e"; }
 
 sub spawn_job {
@@ -93,7 +97,6 @@ sub spawn_job {
     $SIG{CHLD} = 'DEFAULT';
     my $fail = sub { my $what = shift; my $e = $! + 0; syswrite($st_w, errno_name($e) . " $what: $!"); POSIX::_exit(127); };
     POSIX::setsid() or $fail->('setsid');
-    open(my $null, '+<', '/dev/null') or $fail->('/dev/null');
     POSIX::dup2(fileno($in_mode eq 'pipe' ? $in_r : $null), 0) // $fail->('dup2');
     POSIX::dup2(fileno($out_mode eq 'pipe' ? $w{1} : $null), 1) // $fail->('dup2');
     POSIX::dup2(fileno($err_mode eq 'pipe' ? $w{2} : $err_mode eq 'stdout' ? $w{1} : $null), 2) // $fail->('dup2');
@@ -219,13 +222,13 @@ while (1) {
     if (defined $got && $got == 0) { exit 0; }   # the agent closed us: it is stopping or gone
     handle_requests() if $got;
   }
-  for my $fd (sort { $a <=> $b } keys %by_fd) {
+  # Only the descriptors select marked, in ascending order (stdout before stderr of a job).
+  for my $fd (ready($wout)) { my $entry = $by_fd{$fd} or next; write_stdin($entry->[0]) if $entry->[1] eq 'i'; }
+  for my $fd (ready($rout)) {
     my $entry = $by_fd{$fd} or next;
     my ($id, $kind) = @$entry;
-    if ($kind eq 'i') { write_stdin($id) if vec($wout, $fd, 1); next; }
-    next unless vec($rout, $fd, 1);
     if ($kind eq 's') { read_status($id, 0); }
-    else { read_output($id, $kind); }
+    elsif ($kind ne 'i') { read_output($id, $kind); }
   }
   reap();
 }

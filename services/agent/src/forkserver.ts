@@ -74,10 +74,41 @@ const SIGNAL_NAMES = new Map<number, NodeJS.Signals>(
   Object.entries(constants.signals).map(([name, n]) => [n, name as NodeJS.Signals]),
 );
 
+/** A job's stdout or stderr as relayed by the fork server. */
+class RelayedStream extends Readable {
+  private held = false;
+
+  /** `control` tells the fork server to hold (H), resume (R) or drop (D) the pipe. */
+  constructor(private readonly control: (op: "H" | "R" | "D") => void) {
+    super();
+  }
+
+  deliver(chunk: Buffer): void {
+    // Over the high-water mark: the fork server stops reading the pipe until _read asks again,
+    // so a job that writes faster than the agent consumes waits, as on a direct pipe.
+    if (!this.push(chunk) && !this.held) {
+      this.held = true;
+      this.control("H");
+    }
+  }
+
+  override _read(): void {
+    if (this.held) {
+      this.held = false;
+      this.control("R");
+    }
+  }
+
+  override _destroy(err: Error | null, done: (err?: Error | null) => void): void {
+    if (!this.readableEnded) this.control("D");
+    done(err);
+  }
+}
+
 class ForkedChild extends EventEmitter implements SpawnedChild {
   pid: number | undefined;
-  readonly stdout: Readable | null;
-  readonly stderr: Readable | null;
+  readonly stdout: RelayedStream | null;
+  readonly stderr: RelayedStream | null;
   private exited = false;
   private open = 0;
 
@@ -91,34 +122,19 @@ class ForkedChild extends EventEmitter implements SpawnedChild {
     this.stderr = options.stderr === "pipe" ? this.stream(2) : null; // "stdout": it comes on stdout
   }
 
-  private stream(s: 1 | 2): Readable {
+  private stream(s: 1 | 2): RelayedStream {
     this.open++;
-    let held = false;
-    const readable = new Readable({
-      // The consumer wants more: let the fork server read this pipe again.
-      read: () => {
-        if (held) ((held = false), this.server.send(`R ${this.id} ${s}\n`));
-      },
-      destroy: (err, done) => {
-        if (!readable.readableEnded) this.server.send(`D ${this.id} ${s}\n`);
-        done(err);
-      },
-    });
+    const readable = new RelayedStream((op) => this.server.send(`${op} ${this.id} ${s}\n`));
     readable.on("close", () => {
       this.open--;
       this.maybeClose();
     });
-    (readable as Readable & { hold?: () => void }).hold = () => {
-      if (!held) ((held = true), this.server.send(`H ${this.id} ${s}\n`));
-    };
     return readable;
   }
 
   output(s: number, chunk: Buffer): void {
     const readable = s === 1 ? this.stdout : this.stderr;
-    if (!readable || readable.destroyed) return;
-    // Over the high-water mark: hold this pipe in the fork server until read() asks again.
-    if (!readable.push(chunk)) (readable as Readable & { hold: () => void }).hold();
+    if (readable && !readable.destroyed) readable.deliver(chunk);
   }
 
   ended(s: number): void {
