@@ -43,6 +43,12 @@ export interface AgentOptions {
   log: Logger;
   /** Longest wait between reconnection attempts, ms. */
   maxBackoffMs: number;
+  /**
+   * How long "started" is held back, ms: an attempt that ends within it is
+   * reported once, started and finished together, which the job-manager
+   * records in one write instead of two. 0 reports at once.
+   */
+  startedReportDelayMs?: number;
 }
 
 type Stream = ClientDuplexStream<AgentMessage, CoordinatorMessage>;
@@ -232,10 +238,19 @@ export class Agent {
         const execution = started.execution;
         this.active.set(k, execution);
         let pgid = 0;
+        let reportStarted: (() => void) | undefined;
+        let startedTimer: NodeJS.Timeout | undefined;
         execution.started.then(
           ({ pid, startedAt }) => {
             if (pid > 0 && this.options.groups) this.options.groups.add((pgid = pid), k);
-            this.send({ ...base, event: { $case: "started", value: { startedAt, pid } } });
+            reportStarted = () => {
+              reportStarted = undefined;
+              clearTimeout(startedTimer);
+              this.send({ ...base, event: { $case: "started", value: { startedAt, pid } } });
+            };
+            const delayMs = this.options.startedReportDelayMs ?? 0;
+            if (delayMs > 0) startedTimer = setTimeout(reportStarted, delayMs);
+            else reportStarted();
           },
           () => undefined,
         );
@@ -246,6 +261,7 @@ export class Agent {
           [Attr.exitCode]: result.exitCode,
           [Attr.outputBytes]: (result.stdout?.totalBytes ?? 0) + (result.stderr?.totalBytes ?? 0),
         });
+        reportStarted?.(); // still held back: goes out now, right before "finished"
         this.send({ ...base, event: { $case: "finished", value: { result } } });
         this.audit(assignment, started.plan, { result, traceId });
         this.options.log.debug({ job: jobId, attempt, exitCode: result.exitCode }, "attempt finished");

@@ -36,6 +36,13 @@ export const AgentConfigSchema = z.object({
   ASPEN_DRAIN_TIMEOUT: env.durationMs("30s"),
   /** Longest wait between reconnection attempts. */
   ASPEN_RECONNECT_MAX: env.durationMs("5s"),
+  /**
+   * How long the agent holds back an attempt's "started" report: one that ends
+   * within it is reported once, started and finished together (one write at the
+   * job-manager instead of two). The job shows RUNNING at most this much later;
+   * its started_at is unchanged. 0 reports at once.
+   */
+  ASPEN_STARTED_REPORT_DELAY: env.durationMs("100ms"),
   /** Path of the policy file (JSON, see docs/agent.md). Default: none (permissive defaults). */
   ASPEN_AGENT_CONFIG: env.optionalString(),
   /** The policy as inline JSON (containers); wins over ASPEN_AGENT_CONFIG. */

@@ -70,6 +70,7 @@ await runMain(log, async () => {
     },
     log,
     maxBackoffMs: config.ASPEN_RECONNECT_MAX,
+    startedReportDelayMs: config.ASPEN_STARTED_REPORT_DELAY,
   });
   // No inbound port for work: this server only answers health checks (and reflection).
   // Serves only health and reflection, which are open on every service: no RPC to protect,

@@ -23,7 +23,11 @@ export class EventRelay {
   /** Queues an event; `notHeld` marks a report from a worker that does not hold the attempt. */
   push(event: AttemptEvent, notHeld = false): void {
     this.pending.push({ event, notHeld });
-    this.sending ??= this.drain().finally(() => (this.sending = undefined));
+    // Started after the current I/O callbacks: events that came in together (an agent's
+    // "started" and "finished" of a short attempt) go in one call, one write per job.
+    this.sending ??= new Promise<void>((resolve) => setImmediate(resolve))
+      .then(() => this.drain())
+      .finally(() => (this.sending = undefined));
   }
 
   private async drain(): Promise<void> {
