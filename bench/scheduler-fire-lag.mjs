@@ -20,6 +20,8 @@
  * Schedules are `interval` 10 s with start_at phases spread evenly over the 10 s.
  *
  * Environment: BENCH_SECONDS=60, BENCH_ONLY=a,b,cold,failover, BENCH_COLD=100000;
+ * BENCH_WARMUP_ROUNDS=1 (rounds of 10 s fired before the measured window and not
+ * counted in it; 0 measures from the very first fire — the missed count covers both);
  * BENCH_SCHEDULER_LOG_LEVEL=debug adds the per-fire breakdown (record, submit);
  * BENCH_SCHEDULER_NODE_OPTIONS is passed to the scheduler as NODE_OPTIONS.
  * (c) — 200 `* * * * * *` schedules on two agents, nominal → process start —
@@ -35,6 +37,8 @@ import { freePort, sleep, startNats, startService, waitFor, waitHealthy } from "
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 60);
 const ONLY = new Set((process.env.BENCH_ONLY ?? "a,b,cold,failover").split(","));
 const COLD = Number(process.env.BENCH_COLD ?? 100_000);
+/** Rounds (10 s each) every schedule fires before the measured window; 0 measures from the first fire. */
+const WARMUP_ROUNDS = Number(process.env.BENCH_WARMUP_ROUNDS ?? 1);
 const t0 = performance.now();
 const log = (...a) => console.error(`[bench +${((performance.now() - t0) / 1000).toFixed(1)}s]`, ...a);
 const quiet = createLogger("bench", "error");
@@ -167,11 +171,16 @@ async function lagRun(label, n, target) {
       ...(process.env.BENCH_MAX_CONCURRENT_FIRES ? { ASPEN_MAX_CONCURRENT_FIRES: process.env.BENCH_MAX_CONCURRENT_FIRES } : {}),
     });
     const client = createClient(SchedulerServiceClient, `127.0.0.1:${c.sp}`);
-    const phaseBase = Math.ceil((Date.now() + 15_000) / 10_000) * 10_000;
+    // The window starts after WARMUP_ROUNDS rounds of fires that are not counted (JIT, caches).
+    const warmupMs = WARMUP_ROUNDS * 10_000;
+    const phaseBase = Math.ceil((Date.now() + 15_000 + warmupMs) / 10_000) * 10_000;
     const end = phaseBase + SECONDS * 1000;
-    // end_at just before the window's end: every fire the scheduler makes is one of the window's.
-    await createMany(client, n, 10_000, phaseBase, 64, end - 1);
-    log(`${label}: created; measuring from ${new Date(phaseBase).toISOString()}`);
+    // end_at just before the window's end: every fire after the warm-up is one of the window's.
+    await createMany(client, n, 10_000, phaseBase - warmupMs, 64, end - 1);
+    log(
+      `${label}: created; ${WARMUP_ROUNDS} warm-up round(s) from ${new Date(phaseBase - warmupMs).toISOString()}, ` +
+        `measuring from ${new Date(phaseBase).toISOString()}`,
+    );
     const third = (SECONDS * 1000) / 3;
     await sleep(Math.max(0, phaseBase - Date.now()));
     const natsId = natsPid(c.nats.storeDir);
@@ -195,6 +204,7 @@ async function lagRun(label, n, target) {
     const first = histogram(h0, h1);
     const last = histogram(h2, h3);
     const expected = n * (SECONDS / 10);
+    const warmup = WARMUP_ROUNDS > 0 ? `after ${WARMUP_ROUNDS} warm-up round(s) of ${n} fires, not counted; ` : "";
     const perFire = (k) => ((cpu1[k] - cpu0[k]) / Math.max(1, expected)).toFixed(3);
     let missed = 0;
     let maxLag = 0;
@@ -210,7 +220,7 @@ async function lagRun(label, n, target) {
     }
     client.close();
     const line =
-      `${label}: fires ${all.count}/${expected} expected, missed ${missed}; lag p50 ${all.pct(50)} ms, ` +
+      `${label}: ${warmup}fires ${all.count}/${expected} expected, missed ${missed}; lag p50 ${all.pct(50)} ms, ` +
       `p99 ${all.pct(99)} ms, max ${maxLag} ms; first third p99 ${first.pct(99)} ms, last third p99 ${last.pct(99)} ms; ` +
       `scheduler RSS ${rssMb(sched.pid)} MB; CPU per fire: scheduler ${perFire("scheduler")} ms, ` +
       `job-manager ${perFire("jobManager")} ms, nats-server ${perFire("nats")} ms — target ${target}`;

@@ -41,6 +41,9 @@ try {
   await sleep(3000); // let the last fires finish
 
   const lags = [];
+  // Where the time goes, from the job records: instant → submitted (the job-manager's clock when it
+  // created the record), submitted → assigned (queue), assigned → process start (placement and spawn).
+  const parts = { submit: [], queue: [], start: [] };
   let doubled = 0;
   let missedGaps = 0;
   let missedCounted = 0;
@@ -56,7 +59,12 @@ try {
     for (const j of list) {
       if (j.history.filter((h) => h.to === JobState.JOB_STATE_RUNNING).length > 1) doubled++;
       if (j.state !== JobState.JOB_STATE_SUCCEEDED) notSucceeded++;
-      else lags.push(j.startedAt.getTime() - j.scheduledAt.getTime());
+      else {
+        lags.push(j.startedAt.getTime() - j.scheduledAt.getTime());
+        parts.submit.push(j.submittedAt.getTime() - j.scheduledAt.getTime());
+        parts.queue.push(j.assignedAt.getTime() - j.submittedAt.getTime());
+        parts.start.push(j.startedAt.getTime() - j.assignedAt.getTime());
+      }
     }
     const s = await unaryCall(scheduler.getSchedule.bind(scheduler), { scheduleId });
     missedCounted += Number(s.status?.missedCount ?? 0);
@@ -75,6 +83,11 @@ try {
     `missed:           ${missedGaps} gaps between fires, ${missedCounted} counted missed by the scheduler   target 0 → ${missedGaps + missedCounted === 0 ? "met" : "NOT met"}`,
   );
   console.log(`doubled:          ${doubled}   target 0 → ${doubled === 0 ? "met" : "NOT met"}`);
+  const q = (list, f) => list.sort((a, b) => a - b)[Math.min(list.length - 1, Math.floor(f * list.length))];
+  console.log(
+    `breakdown p50/p99: instant → submitted ${q(parts.submit, 0.5)}/${q(parts.submit, 0.99)} ms, ` +
+      `→ assigned ${q(parts.queue, 0.5)}/${q(parts.queue, 0.99)} ms, → process start ${q(parts.start, 0.5)}/${q(parts.start, 0.99)} ms`,
+  );
   console.log(
     `scheduler share:  instant → SubmitJob acknowledged mean ${(ackMeans.reduce((a, b) => a + b, 0) / Math.max(1, ackMeans.length)).toFixed(0)} ms, max ${ackMax.toFixed(0)} ms`,
   );
