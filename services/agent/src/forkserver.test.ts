@@ -60,6 +60,12 @@ describe("fork server", () => {
     expect(ok.out.toString()).toBe("still here\n");
   });
 
+  it("without a perl to run, a spawn fails with the reason instead of waiting forever", async () => {
+    server = new ForkServer("/nonexistent/perl");
+    const r = await outcome(server.spawn("/bin/true", [], base));
+    expect(r.error).toMatch(/^ESPAWNER/);
+  });
+
   it("when it dies, its running jobs are killed and end as SIGKILL; the next spawn starts a new one", async () => {
     server = new ForkServer();
     const child = server.spawn("/bin/sh", ["-c", "sleep 100 & sleep 100"], base);

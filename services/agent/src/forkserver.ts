@@ -244,7 +244,12 @@ export class ForkServer implements Spawner {
     proc.stdout?.on("data", (chunk: Buffer) => this.receive(chunk));
     let stderr = "";
     proc.stderr?.on("data", (chunk: Buffer) => (stderr = (stderr + chunk.toString()).slice(-2000)));
-    proc.on("error", (err) => this.log?.error({ err: err.message }, "fork server could not start"));
+    proc.on("error", (err) => {
+      // perl could not be started: nothing will answer, so what waits on it fails now.
+      this.log?.error({ err: err.message, perl: this.perl }, "fork server could not start");
+      if (this.proc === proc) this.proc = undefined;
+      this.orphan();
+    });
     proc.on("exit", (code, signal) => {
       if (this.proc === proc) this.proc = undefined;
       if (!this.closing || this.children.size > 0)
