@@ -76,7 +76,9 @@ try {
   }
   lags.sort((a, b) => a - b);
   const p = (q) => lags[Math.min(lags.length - 1, Math.floor(q * lags.length))];
-  console.log(`=== scheduler (c): ${SCHEDULES} schedules * * * * * * for ${SECONDS} s, /bin/true on 2 agents × ${SLOTS} slots ===`);
+  console.log(
+    `=== scheduler (c): ${SCHEDULES} schedules * * * * * * for ${SECONDS} s, /bin/true on 2 agents × ${SLOTS} slots ===`,
+  );
   console.log(`fires run:        ${lags.length} (${notSucceeded} not SUCCEEDED)`);
   console.log(
     `instant → start:  p50 ${p(0.5)} ms   p99 ${p(0.99)} ms   max ${lags.at(-1)} ms   target p99 ≤ ${TARGET_P99_MS} ms → ${p(0.99) <= TARGET_P99_MS ? "met" : "NOT met"}`,
