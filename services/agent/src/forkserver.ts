@@ -183,7 +183,10 @@ export class ForkServer implements Spawner {
   private proc: ChildProcess | undefined;
   private readonly children = new Map<number, ForkedChild>();
   private nextId = 1;
-  private rest: Buffer = Buffer.alloc(0);
+  /** Unparsed bytes from the fork server, and how many a frame in progress needs in all. */
+  private parts: Buffer[] = [];
+  private partsBytes = 0;
+  private needBytes = 0;
   private closing = false;
 
   constructor(
@@ -239,7 +242,9 @@ export class ForkServer implements Spawner {
     // The script comes in on fd 3 so that every packaging of the agent carries it.
     const proc = spawn(this.perl, ["/dev/fd/3"], { stdio: ["pipe", "pipe", "pipe", "pipe"] });
     this.proc = proc;
-    (proc.stdio[3] as NodeJS.WritableStream).end(FORKSERVER_SCRIPT);
+    const script = proc.stdio[3] as NodeJS.WritableStream;
+    script.on("error", () => undefined); // perl did not start or died: "error"/"exit" handle that
+    script.end(FORKSERVER_SCRIPT);
     proc.stdin?.on("error", () => undefined); // it died: "exit" handles that
     proc.stdout?.on("data", (chunk: Buffer) => this.receive(chunk));
     let stderr = "";
@@ -275,11 +280,21 @@ export class ForkServer implements Spawner {
       child.exit(constants.signals.SIGKILL);
     }
     this.children.clear();
-    this.rest = Buffer.alloc(0);
+    this.parts = [];
+    this.partsBytes = 0;
+    this.needBytes = 0;
   }
 
   private receive(chunk: Buffer): void {
-    let buf = this.rest.length > 0 ? Buffer.concat([this.rest, chunk]) : chunk;
+    // A frame in progress that this chunk does not complete is kept as pieces, not copied:
+    // a 1 GiB output arrives as 64 KiB frames that straddle nearly every read.
+    this.parts.push(chunk);
+    this.partsBytes += chunk.length;
+    if (this.partsBytes < this.needBytes) return;
+    let buf = this.parts.length === 1 ? chunk : Buffer.concat(this.parts, this.partsBytes);
+    this.parts = [];
+    this.partsBytes = 0;
+    this.needBytes = 0;
     for (;;) {
       const nl = buf.indexOf(10);
       if (nl < 0) break;
@@ -287,7 +302,10 @@ export class ForkServer implements Spawner {
       const [op, idText, a, ...more] = line.split(" ");
       if (op === "O") {
         const len = Number(more[0]);
-        if (buf.length < nl + 1 + len) break;
+        if (buf.length < nl + 1 + len) {
+          this.needBytes = nl + 1 + len;
+          break;
+        }
         this.children.get(Number(idText))?.output(Number(a), buf.subarray(nl + 1, nl + 1 + len));
         buf = buf.subarray(nl + 1 + len);
         continue;
@@ -302,8 +320,10 @@ export class ForkServer implements Spawner {
         child?.failed(Buffer.from(line.slice(line.indexOf(" ", 2) + 1), "latin1").toString());
       }
     }
-    // Copy what is left: `chunk` may be a view on a pooled buffer.
-    this.rest = buf.length > 0 ? Buffer.from(buf) : Buffer.alloc(0);
+    if (buf.length > 0) {
+      this.parts.push(buf);
+      this.partsBytes = buf.length;
+    }
   }
 
   async close(): Promise<void> {
