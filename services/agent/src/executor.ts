@@ -13,7 +13,7 @@ import { StderrMode, type AttemptResult, type JobSpec, type Output } from "@aspe
 import { durationToMs, msToDuration } from "@aspen/runtime";
 import { DEFAULT_INLINE_OUTPUT_BYTES, DEFAULT_KILL_GRACE_MS } from "@aspen/model";
 import type { Plan } from "./admission.js";
-import { nodeSpawner, type Spawner } from "./forkserver.js";
+import { nodeSpawner, signalGroup, type Spawner } from "./forkserver.js";
 import { explainLimit, wrap } from "./limits.js";
 import type { ObjectWriter, StoredObject } from "./output-store.js";
 import { StreamRedactor } from "./redactor.js";
@@ -122,14 +122,6 @@ export interface Execution {
   result: Promise<AttemptResult>;
   /** Stop it: SIGTERM to the group, SIGKILL after the grace period. */
   cancel(reason: string): void;
-}
-
-function signalGroup(pid: number, signal: NodeJS.Signals): void {
-  try {
-    process.kill(-pid, signal);
-  } catch {
-    // ESRCH: the group is already empty.
-  }
 }
 
 /** CPU time (self + waited-for children) and peak RSS of a live process, from /proc. */

@@ -33,10 +33,9 @@ binmode STDOUT;
 #   O <id> <s> <len>\n<bytes> output        E <id> <s>\n                      end of stream s
 #   X <id> <wait status>\n    exited (raw status: exit code << 8, or the signal number)
 
-my %jobs;      # id -> { pid, status => fh, out => {s => fh}, in => fh, inbuf, started, failed }
+my %jobs;      # id -> { pid, status => fh, reason, out => {s => fh}, in => fh, inbuf, failed }
 my %by_fd;     # fileno -> [id, kind] where kind is 1, 2 (output), 's' (exec status) or 'i' (stdin)
 my %pid_id;    # pid -> id
-my %held;      # fileno -> 1 while the agent holds a stream back
 open(my $null, '+<', '/dev/null') or die "/dev/null: $!";   # stdio a job does not pipe
 my $rin = '';  # read set
 my $win = '';  # write set (children's stdin)
@@ -66,7 +65,7 @@ sub watch   { my ($fh, $id, $kind) = @_; $by_fd{fileno $fh} = [$id, $kind]; vec(
 sub unwatch {
   my $fh = shift; my $fd = fileno $fh;
   vec($rin, $fd, 1) = 0; vec($win, $fd, 1) = 0;
-  delete $by_fd{$fd}; delete $held{$fd}; close $fh;
+  delete $by_fd{$fd}; close $fh;
 }
 
 # The set bits of a select vector, lowest first.
@@ -116,7 +115,7 @@ sub spawn_job {
   close $w{$_} for keys %w;
   close $in_r if $in_r;
   close $st_w;
-  my $job = $jobs{$id} = { pid => $pid, out => {}, inbuf => '', started => 0 };
+  my $job = $jobs{$id} = { pid => $pid, out => {}, inbuf => '' };
   $pid_id{$pid} = $id;
   $job->{status} = $st_r; nonblocking($st_r); watch($st_r, $id, 's');
   for my $s (keys %r) { $job->{out}{$s} = $r{$s}; nonblocking($r{$s}); watch($r{$s}, $id, $s); }
@@ -138,7 +137,7 @@ sub read_status {
   }
   my $msg = $job->{reason};
   unwatch($fh); delete $job->{status};
-  if ($msg eq '') { $job->{started} = 1; say_line("P $id $job->{pid}"); }
+  if ($msg eq '') { say_line("P $id $job->{pid}"); }
   else { $job->{failed} = 1; $msg =~ s/\n/ /g; say_line("F $id $msg"); }
 }
 
@@ -204,8 +203,8 @@ sub handle_requests {
       my $job = $jobs{$id} or next;
       my $fh = $job->{out}{$arg} or next;
       my $fd = fileno $fh;
-      if ($op eq 'H') { $held{$fd} = 1; vec($rin, $fd, 1) = 0; }
-      elsif ($op eq 'R') { delete $held{$fd}; vec($rin, $fd, 1) = 1; }
+      if ($op eq 'H') { vec($rin, $fd, 1) = 0; }      # not read until R: the job waits on its pipe
+      elsif ($op eq 'R') { vec($rin, $fd, 1) = 1; }
       else { unwatch($fh); delete $job->{out}{$arg}; forget($id); }
     }
   }

@@ -49,6 +49,15 @@ export interface Spawner {
   close(): Promise<void>;
 }
 
+/** Signals a job's whole process group (its pid is the group id: every spawner makes it a session leader). */
+export function signalGroup(pid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(-pid, signal);
+  } catch {
+    // ESRCH: the group is already empty.
+  }
+}
+
 /** child_process.spawn: used where perl is missing, and by tests that compare the two. */
 export const nodeSpawner: Spawner = {
   spawn(file, args, options) {
@@ -270,11 +279,7 @@ export class ForkServer implements Spawner {
         child.failed("ESPAWNER the fork server exited before the job started");
         continue;
       }
-      try {
-        process.kill(-child.pid, "SIGKILL");
-      } catch {
-        // already gone
-      }
+      signalGroup(child.pid, "SIGKILL");
       child.ended(1);
       child.ended(2);
       child.exit(constants.signals.SIGKILL);
