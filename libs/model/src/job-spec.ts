@@ -27,6 +27,8 @@ export const Limits = {
   dependencies: 100,
   chainLength: 20,
   fanOut: 1024,
+  /** Attempts in one PlaceJobs call (job-manager → coordinator). */
+  placementsPerCall: 1000,
 } as const;
 
 /** Default inline output kept per job (head + tail across stdout and stderr). */

@@ -108,22 +108,26 @@ export function isServiceError(err: unknown): err is ServiceError {
 
 /** The domain error for a status a client received. */
 export function fromServiceError(err: ServiceError): AspenError {
-  const message = err.details || err.message;
-  switch (err.code) {
+  return errorForStatus(err.code, err.details || err.message, err);
+}
+
+/** The domain error for a status code and message (a call's status, or one item's in a batch answer). */
+export function errorForStatus(code: status, message: string, cause?: unknown): AspenError {
+  switch (code) {
     case status.NOT_FOUND:
-      return Object.assign(new AspenError(status.NOT_FOUND, message, { cause: err }), { name: "NotFoundError" });
+      return Object.assign(new AspenError(status.NOT_FOUND, message, { cause }), { name: "NotFoundError" });
     case status.INVALID_ARGUMENT:
-      return Object.assign(new AspenError(status.INVALID_ARGUMENT, message, { cause: err }), { name: "InvalidArgumentError" });
+      return Object.assign(new AspenError(status.INVALID_ARGUMENT, message, { cause }), { name: "InvalidArgumentError" });
     case status.FAILED_PRECONDITION:
       return new FailedPreconditionError(message);
     case status.RESOURCE_EXHAUSTED:
       return new ResourceExhaustedError(message);
     case status.ABORTED:
-      return new ConflictError(message, { cause: err });
+      return new ConflictError(message, { cause });
     case status.UNAVAILABLE:
-      return new UnavailableError(message, { cause: err });
+      return new UnavailableError(message, { cause });
     default:
-      return new AspenError(err.code, message, { cause: err });
+      return new AspenError(code, message, { cause });
   }
 }
 

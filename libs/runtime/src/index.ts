@@ -10,6 +10,7 @@ export {
   ResourceExhaustedError,
   UnavailableError,
   UnimplementedError,
+  errorForStatus,
   fromServiceError,
   isRetryable,
   isServiceError,
@@ -66,6 +67,7 @@ export {
 export { closeInOrder, closeOnSignals, runMain, type Closable } from "./lifecycle.js";
 export { durationToMs, msToDuration, parseDurationMs } from "./time.js";
 export { MinHeap } from "./min-heap.js";
+export { TurnBatcher } from "./turn-batcher.js";
 export {
   generateSecretsKeyPair,
   isSealedForm,

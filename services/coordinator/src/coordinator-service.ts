@@ -10,7 +10,7 @@ export function coordinatorService(coordinator: Coordinator): ServiceBinding<Coo
     getWorker: async (req) => coordinator.worker(req.workerId),
     drainWorker: async (req) => coordinator.drain(req.workerId, req.undrain),
     matchWorkers: async (req) => ({ workers: coordinator.match(req.selector) }),
-    placeJob: async (req) => ({ workerId: await coordinator.place(req) }),
+    placeJobs: async (req) => ({ results: await coordinator.placeMany(req.placements) }),
     cancelAttempt: async (req) => {
       coordinator.cancel(req);
       return {};

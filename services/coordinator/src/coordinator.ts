@@ -10,7 +10,7 @@
  * the job-manager, which refuses and records it (the job has moved on).
  */
 import { performance } from "node:perf_hooks";
-import type { ServerDuplexStream } from "@grpc/grpc-js";
+import { status, type ServerDuplexStream } from "@grpc/grpc-js";
 import {
   PlacementStrategy,
   WorkerHealth,
@@ -20,6 +20,7 @@ import {
   type CoordinatorMessage,
   type NodeSelector,
   type PlaceJobRequest,
+  type PlaceJobResult,
   type RegisterWorker,
   type Worker,
   type WorkerGroup,
@@ -27,6 +28,7 @@ import {
 import {
   AlreadyExistsError,
   Attr,
+  contextFromTraceparent,
   FailedPreconditionError,
   InvalidArgumentError,
   msToDuration,
@@ -42,7 +44,7 @@ import {
   type Logger,
   type Principal,
 } from "@aspen/runtime";
-import { GROUP_NAME, JOB_ID, validateJobSpec, WORKER_ID } from "@aspen/model";
+import { GROUP_NAME, JOB_ID, Limits, validateJobSpec, WORKER_ID } from "@aspen/model";
 import type { Bucket } from "@aspen/store";
 import { EventRelay } from "./event-relay.js";
 import { describeSelector, matchesSelector, pickWorker, type Candidate, type StrategyState } from "./placement.js";
@@ -307,24 +309,43 @@ export class Coordinator {
     return out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   }
 
-  /** Chooses a worker for the attempt by the job's strategy and sends it down that worker's stream. */
-  async place(request: PlaceJobRequest): Promise<string> {
-    const t0 = performance.now();
-    try {
-      return await this.placeNow(request);
-    } finally {
-      this.options.onPlacement?.(performance.now() - t0);
+  /**
+   * Places each attempt in order (PlaceJobs): one result per request, a refusal
+   * (no match, no slot, bad input) standing for that attempt alone.
+   */
+  async placeMany(requests: PlaceJobRequest[]): Promise<PlaceJobResult[]> {
+    if (requests.length > Limits.placementsPerCall) {
+      throw new InvalidArgumentError("placements", `at most ${Limits.placementsPerCall} per call, got ${requests.length}`);
     }
+    const results: PlaceJobResult[] = [];
+    for (const [i, request] of requests.entries()) {
+      const t0 = performance.now();
+      try {
+        results.push({ workerId: await this.place(request, `placements[${i}].`), code: 0, message: "" });
+      } catch (err) {
+        const refused = toServiceError(err);
+        if (refused.code === status.INTERNAL) this.log.error({ err, job: request.jobId }, "placement failed");
+        results.push({ workerId: "", code: refused.code, message: refused.details });
+      } finally {
+        this.options.onPlacement?.(performance.now() - t0);
+      }
+    }
+    return results;
   }
 
-  private async placeNow(request: PlaceJobRequest): Promise<string> {
-    if (!JOB_ID.test(request.jobId)) throw new InvalidArgumentError("job_id", `must match ${JOB_ID}`);
-    if (request.attempt < 1) throw new InvalidArgumentError("attempt", "must be at least 1");
-    validateJobSpec(request.spec, "spec");
+  /** Chooses a worker for the attempt by the job's strategy and sends it down that worker's stream. */
+  private async place(request: PlaceJobRequest, field: string): Promise<string> {
+    if (!JOB_ID.test(request.jobId)) throw new InvalidArgumentError(`${field}job_id`, `must match ${JOB_ID}`);
+    if (request.attempt < 1) throw new InvalidArgumentError(`${field}attempt`, "must be at least 1");
+    validateJobSpec(request.spec, `${field}spec`);
     const spec = request.spec;
     return withSpan(
       Spans.place,
-      { attributes: { [Attr.jobId]: request.jobId, [Attr.attempt]: request.attempt } },
+      {
+        // The job-manager's dispatch span: the batch call itself belongs to no one job's trace.
+        parent: contextFromTraceparent(request.traceparent),
+        attributes: { [Attr.jobId]: request.jobId, [Attr.attempt]: request.attempt },
+      },
       async (span) => {
         const selector = spec.placement?.selector;
         const matching = this.eligible(selector);

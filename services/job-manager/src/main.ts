@@ -1,16 +1,19 @@
 /** Job-manager process: wires config, logging, telemetry and metrics, NATS and the gRPC server. */
 import { performance } from "node:perf_hooks";
-import { CoordinatorServiceClient, IdempotencyRecord, Job } from "@aspen/proto";
+import { CoordinatorServiceClient, IdempotencyRecord, Job, type PlaceJobRequest } from "@aspen/proto";
+import { Limits } from "@aspen/model";
 import {
   closeInOrder,
   createClient,
   createLogger,
   durationToMs,
+  errorForStatus,
   GrpcServer,
   controlPlaneSealer,
   meter,
   observeGauge,
   runMain,
+  TurnBatcher,
   unaryCall,
 } from "@aspen/runtime";
 import { openControlService } from "@aspen/store";
@@ -28,13 +31,18 @@ await runMain(log, async () => {
   const coordinator = createClient(CoordinatorServiceClient, config.ASPEN_COORDINATOR_ADDR);
   const placeTime = meter().createHistogram("aspen.job_manager.place_duration", {
     unit: "ms",
-    description: "PlaceJob round trip to the coordinator, as the job-manager saw it (failed placements included)",
+    description: "Placement round trip to the coordinator, as the job-manager saw it (failed placements included)",
   });
+  // The attempts placed in one event-loop turn go to the coordinator in one PlaceJobs call.
+  const placements = new TurnBatcher<PlaceJobRequest, string>(async (batch) => {
+    const { results } = await unaryCall(coordinator.placeJobs.bind(coordinator), { placements: batch });
+    return results.map((r) => (r.code === 0 ? r.workerId : errorForStatus(r.code, r.message)));
+  }, Limits.placementsPerCall);
   const placer: Placer = {
     place: async (req) => {
       const t0 = performance.now();
       try {
-        return (await unaryCall(coordinator.placeJob.bind(coordinator), req)).workerId;
+        return await placements.call(req);
       } finally {
         placeTime.record(performance.now() - t0);
       }
