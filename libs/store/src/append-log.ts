@@ -3,10 +3,10 @@
  * purge): audit trails. Appends are fire-and-forget for the caller (a failed
  * one is logged with its content, never thrown into the request path).
  */
-import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager } from "@nats-io/jetstream";
-import type { NatsConnection } from "@nats-io/transport-node";
+import { jetstreamManager, type JetStreamManager } from "@nats-io/jetstream";
 import type { Logger } from "@aspen/runtime";
-import { whileJetStreamSettles, type Codec } from "./store.js";
+import type { AckedPublisher } from "./publisher.js";
+import { whileJetStreamSettles, type Codec, type Store } from "./store.js";
 
 export interface AppendOnlyLogOptions<T> {
   stream: string;
@@ -21,18 +21,18 @@ export interface AppendOnlyLogOptions<T> {
 
 export class AppendOnlyLog<T> {
   private constructor(
-    private readonly js: JetStreamClient,
+    private readonly publisher: AckedPublisher,
     private readonly jsm: JetStreamManager,
     private readonly options: AppendOnlyLogOptions<T>,
   ) {}
 
   /** Opens the stream, creating it (append-only) when missing. */
-  static async open<T>(nc: NatsConnection, options: AppendOnlyLogOptions<T>): Promise<AppendOnlyLog<T>> {
-    return whileJetStreamSettles(`stream ${options.stream}`, () => AppendOnlyLog.openOnce(nc, options), options.log);
+  static async open<T>(store: Store, options: AppendOnlyLogOptions<T>): Promise<AppendOnlyLog<T>> {
+    return whileJetStreamSettles(`stream ${options.stream}`, () => AppendOnlyLog.openOnce(store, options), options.log);
   }
 
-  private static async openOnce<T>(nc: NatsConnection, options: AppendOnlyLogOptions<T>): Promise<AppendOnlyLog<T>> {
-    const jsm = await jetstreamManager(nc);
+  private static async openOnce<T>(store: Store, options: AppendOnlyLogOptions<T>): Promise<AppendOnlyLog<T>> {
+    const jsm = await jetstreamManager(store.nc);
     const exists = await jsm.streams.info(options.stream).then(
       () => true,
       () => false,
@@ -58,11 +58,11 @@ export class AppendOnlyLog<T> {
             throw err;
         });
     }
-    return new AppendOnlyLog(jetstream(nc), jsm, options);
+    return new AppendOnlyLog(store.publisher, jsm, options);
   }
 
   append(subject: string, record: T): void {
-    this.js.publish(subject, this.options.codec.encode(record).finish()).catch((err: unknown) => {
+    this.publisher.publish(subject, this.options.codec.encode(record).finish()).catch((err: unknown) => {
       this.options.log.error({ err: (err as Error).message, subject, record }, "audit record could not be written");
     });
   }

@@ -47,7 +47,7 @@ export async function openControlService(name: string, config: ControlServiceCon
     replicas: config.ASPEN_BUCKET_REPLICAS,
     log,
   });
-  const controlAudit = await AppendOnlyLog.open(store.nc, {
+  const controlAudit = await AppendOnlyLog.open(store, {
     stream: CONTROL_AUDIT_STREAM,
     subjects: ["aspen.control.>"],
     codec: ControlAuditRecord,

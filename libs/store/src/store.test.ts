@@ -42,6 +42,33 @@ describe("store over JetStream", () => {
     expect(results.filter((r) => r.status === "fulfilled")).toHaveLength(1);
   });
 
+  it("re-creates a deleted key, refuses an invalid key, and keeps a burst of writes in order", async () => {
+    const bucket = await store.bucket("t_recreate", Schedule);
+    const first = await bucket.create("d", record("d", "first"));
+    await bucket.delete("d");
+    const again = await bucket.create("d", record("d", "again"));
+    expect(again).toBeGreaterThan(first);
+    expect((await bucket.get("d"))?.value.name).toBe("again");
+    await expect(bucket.create("d", record("d", "third"))).rejects.toBeInstanceOf(AlreadyExistsError);
+    await expect(bucket.create("bad key", record("x", "x"))).rejects.toThrow(/invalid key/);
+    await expect(bucket.create("a.*", record("x", "x"))).rejects.toThrow(/invalid key/);
+    // 500 writes issued in one turn leave together; each gets its own, increasing revision.
+    const revisions = await Promise.all(Array.from({ length: 500 }, (_, i) => bucket.create(`b${i}`, record(`b${i}`, "x"))));
+    expect(new Set(revisions).size).toBe(500);
+    expect([...revisions].sort((x, y) => x - y)).toEqual(revisions);
+  });
+
+  it("fails a write that NATS never acknowledges, with the reason, instead of waiting forever", async () => {
+    await using other = await startNats();
+    const s = await Store.connect({ servers: [other.url], name: "store-test-down", log }, 1_000);
+    const bucket = await s.bucket("t_down", Schedule);
+    await other[Symbol.asyncDispose]();
+    const t0 = Date.now();
+    await expect(bucket.create("k", record("k", "v"))).rejects.toThrow(/acknowledge|closed|not available/);
+    expect(Date.now() - t0).toBeLessThan(8_000);
+    await s.close();
+  });
+
   it("mutate retries lost races until every change is applied", async () => {
     const bucket = await store.bucket("t_mutate", Schedule);
     await bucket.create("n", Schedule.fromPartial({ id: "n", status: { fireCount: 0 } }));

@@ -7,6 +7,7 @@
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { Kvm, type KV } from "@nats-io/kv";
 import { Objm, type ObjectStore } from "@nats-io/obj";
+import { AckedPublisher } from "./publisher.js";
 import { AlreadyExistsError, ConflictError, FailedPreconditionError, UnavailableError, type Logger } from "@aspen/runtime";
 
 /** ts-proto message functions: all a bucket needs to store a record type. */
@@ -48,9 +49,10 @@ export interface StoreOptions {
 const WRONG_LAST_SEQUENCE = 10071;
 
 function isWrongLastSequence(err: unknown): boolean {
-  const e = err as { code?: unknown; api_error?: { err_code?: unknown }; message?: unknown };
+  const e = err as { code?: unknown; errCode?: unknown; api_error?: { err_code?: unknown }; message?: unknown };
   return (
     e?.code === WRONG_LAST_SEQUENCE ||
+    e?.errCode === WRONG_LAST_SEQUENCE ||
     e?.api_error?.err_code === WRONG_LAST_SEQUENCE ||
     (typeof e?.message === "string" && e.message.includes("wrong last sequence"))
   );
@@ -77,13 +79,25 @@ export class ReplicaMismatchError extends FailedPreconditionError {
   }
 }
 
+/** What nats.js accepts as a KV key (its validateKey): writes bypass its KV client, so the check is ours. */
+const VALID_KEY = /^[-/=.\w]+$/;
+
 export class Bucket<T> {
   constructor(
     readonly name: string,
     private readonly kv: KV,
     private readonly codec: Codec<T>,
+    private readonly publisher: AckedPublisher,
     private readonly log?: Logger,
   ) {}
+
+  /** Writes the key if its last revision is `expected` (0: none), as nats.js's KV put with previousSeq. */
+  private put(key: string, value: T, expected: number): Promise<number> {
+    if (key.startsWith(".") || key.endsWith(".") || !VALID_KEY.test(key)) {
+      return Promise.reject(new Error(`invalid key for bucket ${this.name}: ${JSON.stringify(key)}`));
+    }
+    return this.publisher.publish(`$KV.${this.name}.${key}`, this.codec.encode(value).finish(), expected);
+  }
 
   async get(key: string): Promise<Versioned<T> | undefined> {
     const entry = await this.kv.get(key);
@@ -94,17 +108,26 @@ export class Bucket<T> {
   /** Create-if-absent. Throws AlreadyExistsError when the key holds a value. */
   async create(key: string, value: T): Promise<number> {
     try {
-      return await this.kv.create(key, this.codec.encode(value).finish());
+      return await this.put(key, value, 0);
     } catch (err) {
-      if (isWrongLastSequence(err)) throw new AlreadyExistsError(this.name, key);
-      throw err;
+      if (!isWrongLastSequence(err)) throw err;
     }
+    // The key has history: a deleted key's tombstone may be replaced, a value may not.
+    const entry = await this.kv.get(key);
+    if (entry && entry.operation !== "PUT") {
+      try {
+        return await this.put(key, value, entry.revision);
+      } catch (err) {
+        if (!isWrongLastSequence(err)) throw err;
+      }
+    }
+    throw new AlreadyExistsError(this.name, key);
   }
 
   /** Compare-and-set. Throws ConflictError when the key moved past `revision`. */
   async update(key: string, value: T, revision: number): Promise<number> {
     try {
-      return await this.kv.update(key, this.codec.encode(value).finish(), revision);
+      return await this.put(key, value, revision);
     } catch (err) {
       if (isWrongLastSequence(err))
         throw new ConflictError(`${this.name}/${key} changed since revision ${revision}`, { cause: err });
@@ -277,6 +300,7 @@ export async function whileJetStreamSettles<T>(what: string, open: () => Promise
 
 export class Store {
   private closing: Promise<void> | undefined;
+  private ackedPublisher: AckedPublisher | undefined;
 
   private constructor(
     readonly nc: NatsConnection,
@@ -312,6 +336,12 @@ export class Store {
     }
   }
 
+  /** JetStream writes of this process (every bucket, the audit logs): one reply subscription, one socket write per turn. */
+  get publisher(): AckedPublisher {
+    this.ackedPublisher ??= new AckedPublisher(this.nc);
+    return this.ackedPublisher;
+  }
+
   /** Replicas every bucket of this store must have. */
   get replicas(): number {
     return this.options.replicas ?? 1;
@@ -328,7 +358,7 @@ export class Store {
       this.options.log,
     );
     this.checkReplicas(name, (await kv.status()).replicas);
-    return new Bucket(name, kv, codec, this.options.log);
+    return new Bucket(name, kv, codec, this.publisher, this.options.log);
   }
 
   /** Opens an object store bucket, creating it when missing; checks its replicas like `bucket`. */
@@ -349,7 +379,10 @@ export class Store {
 
   /** Flushes pending writes and closes. Safe to call twice. */
   close(): Promise<void> {
-    this.closing ??= this.nc.isClosed() ? Promise.resolve() : this.nc.drain().catch(() => undefined);
+    // Drained first, so the acks of writes already sent still arrive.
+    this.closing ??= (this.nc.isClosed() ? Promise.resolve() : this.nc.drain().catch(() => undefined)).then(() =>
+      this.ackedPublisher?.close(),
+    );
     return this.closing;
   }
 }

@@ -1,0 +1,150 @@
+/**
+ * JetStream publishes with acknowledgements, pipelined on one connection.
+ *
+ * nats.js sends a JetStream publish as a request: per write it builds a
+ * request object, a timer and two Errors (one is thrown away on success),
+ * and flushes the socket once per microtask turn. Under load that was a
+ * fifth of the job-manager's CPU. Here every write shares one reply
+ * subscription (`<inbox>.<n>`), timeouts are swept once a second, and the
+ * writes made during one event-loop turn leave in one socket write.
+ *
+ * The protocol is JetStream's own: a PUB to the stream's subject with the
+ * `Nats-Expected-Last-Subject-Sequence` header for compare-and-set, answered
+ * by a PubAck (`{"stream":…,"seq":N}`) or an API error
+ * (`{"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 7"}}`).
+ */
+import { createInbox, headers, type Msg, type NatsConnection, type Subscription } from "@nats-io/transport-node";
+import { UnavailableError } from "@aspen/runtime";
+
+/** An API error JetStream answered a publish with. */
+export class JetStreamPublishError extends Error {
+  constructor(
+    readonly code: number,
+    readonly errCode: number,
+    description: string,
+  ) {
+    super(description);
+    this.name = "JetStreamPublishError";
+  }
+}
+
+interface Pending {
+  resolve: (seq: number) => void;
+  reject: (err: Error) => void;
+  deadline: number;
+}
+
+interface Queued {
+  subject: string;
+  data: Uint8Array;
+  expectedLastSubjectSequence: number | undefined;
+  token: string;
+}
+
+const SWEEP_MS = 1_000;
+
+export class AckedPublisher {
+  private readonly inbox = createInbox();
+  private readonly subscription: Subscription;
+  private readonly pending = new Map<string, Pending>();
+  private queued: Queued[] = [];
+  private flushing: NodeJS.Immediate | undefined;
+  private readonly sweeper: NodeJS.Timeout;
+  private next = 0;
+
+  constructor(
+    private readonly nc: NatsConnection,
+    private readonly timeoutMs = 5_000,
+  ) {
+    this.subscription = nc.subscribe(`${this.inbox}.*`, {
+      callback: (err, msg) => (err ? this.failAll(err) : this.onAck(msg)),
+    });
+    void this.subscription.closed.then(() =>
+      this.failAll(new UnavailableError("NATS connection closed before the write was acknowledged")),
+    );
+    this.sweeper = setInterval(() => this.sweep(), SWEEP_MS).unref();
+  }
+
+  /**
+   * Publishes `data` to `subject` and resolves to its stream sequence once stored.
+   * With `expectedLastSubjectSequence` (0: the subject has no message), JetStream
+   * stores it only if the subject's last message has that sequence.
+   */
+  publish(subject: string, data: Uint8Array, expectedLastSubjectSequence?: number): Promise<number> {
+    return new Promise<number>((resolve, reject) => {
+      const token = String(this.next++);
+      this.pending.set(token, { resolve, reject, deadline: Date.now() + this.timeoutMs });
+      this.queued.push({ subject, data, expectedLastSubjectSequence, token });
+      this.flushing ??= setImmediate(() => this.flush());
+    });
+  }
+
+  close(): void {
+    clearInterval(this.sweeper);
+    if (this.flushing) clearImmediate(this.flushing);
+    this.flushing = undefined;
+    this.failAll(new UnavailableError("store closed before the write was acknowledged"));
+    if (!this.nc.isClosed()) this.subscription.unsubscribe();
+  }
+
+  /** Hands every write of this turn to the connection at once: they leave in one socket write. */
+  private flush(): void {
+    this.flushing = undefined;
+    const batch = this.queued;
+    this.queued = [];
+    for (const q of batch) {
+      try {
+        let h;
+        if (q.expectedLastSubjectSequence !== undefined) {
+          h = headers();
+          h.set("Nats-Expected-Last-Subject-Sequence", String(q.expectedLastSubjectSequence));
+        }
+        this.nc.publish(q.subject, q.data, { reply: `${this.inbox}.${q.token}`, headers: h });
+      } catch (err) {
+        this.settle(q.token, undefined, err instanceof Error ? err : new Error(String(err)));
+      }
+    }
+  }
+
+  private onAck(msg: Msg): void {
+    const token = msg.subject.slice(this.inbox.length + 1);
+    if (msg.headers?.code === 503) {
+      this.settle(token, undefined, new UnavailableError("JetStream is not available (no responders)"));
+      return;
+    }
+    let ack: { seq?: unknown; error?: { code?: number; err_code?: number; description?: string } };
+    try {
+      ack = msg.json();
+    } catch {
+      this.settle(token, undefined, new UnavailableError("JetStream answered a publish with something other than an ack"));
+      return;
+    }
+    if (ack.error) {
+      const e = ack.error;
+      this.settle(token, undefined, new JetStreamPublishError(e.code ?? 0, e.err_code ?? 0, e.description ?? "publish refused"));
+    } else if (typeof ack.seq === "number") this.settle(token, ack.seq);
+    else this.settle(token, undefined, new UnavailableError("JetStream ack without a sequence"));
+  }
+
+  private settle(token: string, seq: number | undefined, err?: Error): void {
+    const p = this.pending.get(token);
+    if (!p) return; // timed out already
+    this.pending.delete(token);
+    if (err) p.reject(err);
+    else p.resolve(seq as number);
+  }
+
+  private sweep(): void {
+    const now = Date.now();
+    for (const [token, p] of this.pending) {
+      if (p.deadline <= now)
+        this.settle(token, undefined, new UnavailableError(`JetStream did not acknowledge a write within ${this.timeoutMs} ms`));
+    }
+  }
+
+  private failAll(err: Error): void {
+    for (const token of [...this.pending.keys()]) this.settle(token, undefined, err);
+    // A queued write not yet handed over is failed too (the loop above covered it); drop it.
+    this.queued = [];
+  }
+}
