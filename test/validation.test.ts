@@ -100,6 +100,33 @@ describe("input validation", () => {
     expect(missing.code).toBe(status.NOT_FOUND);
   });
 
+  it("SubmitJobs answers each submission on its own, and refuses a batch over the limit naming requests", async () => {
+    const { results } = await unaryCall(jobs.submitJobs.bind(jobs), {
+      requests: [
+        SubmitJobRequest.fromPartial({ jobId: "batch-ok", spec: job("echo") }),
+        SubmitJobRequest.fromPartial({ jobId: "a..b", spec: job("echo") }),
+        SubmitJobRequest.fromPartial({ spec: job("") }),
+        SubmitJobRequest.fromPartial({ jobId: "batch-ok", spec: job("echo") }),
+      ],
+    });
+    expect(results.map((r) => [r.code, r.response?.job?.id ?? "", r.response?.created ?? false])).toEqual([
+      [status.OK, "batch-ok", true],
+      [status.INVALID_ARGUMENT, "", false],
+      [status.INVALID_ARGUMENT, "", false],
+      // The same id again in the same batch: one job, returned as existing.
+      [status.OK, "batch-ok", false],
+    ]);
+    expect(results[1]?.message).toMatch(/^job_id:/);
+    expect(results[2]?.message).toMatch(/^spec\.exec\.command:/);
+    const tooMany = await refusal(
+      unaryCall(jobs.submitJobs.bind(jobs), {
+        requests: Array.from({ length: 1001 }, () => SubmitJobRequest.fromPartial({ spec: job("echo") })),
+      }),
+    );
+    expect(tooMany.code).toBe(status.INVALID_ARGUMENT);
+    expect(tooMany.message).toMatch(/^requests: at most 1000/);
+  });
+
   it("refuses contradictory options naming the field: a retried at_most_once job", async () => {
     const err = await refusal(
       unaryCall(

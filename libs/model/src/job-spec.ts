@@ -29,6 +29,8 @@ export const Limits = {
   fanOut: 1024,
   /** Attempts in one PlaceJobs call (job-manager → coordinator). */
   placementsPerCall: 1000,
+  /** Submissions in one SubmitJobs call. */
+  submissionsPerCall: 1000,
 } as const;
 
 /** Default inline output kept per job (head + tail across stdout and stderr). */

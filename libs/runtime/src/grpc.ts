@@ -153,6 +153,11 @@ function targetOf(request: unknown): string {
   }
   const group = r.group as { name?: unknown } | undefined;
   if (typeof group?.name === "string") return group.name;
+  // A batch (SubmitJobs): the ids it names, the first ten of them.
+  if (Array.isArray(r.requests)) {
+    const ids = (r.requests as Array<Record<string, unknown>>).map((q) => targetOf(q) || "?");
+    return ids.length > 10 ? `${ids.slice(0, 10).join(",")},… (${ids.length})` : ids.join(",");
+  }
   const spec = r.spec as { name?: unknown } | undefined;
   return Array.isArray(r.jobIds) ? (r.jobIds as string[]).join(",") : typeof spec?.name === "string" ? spec.name : "";
 }

@@ -4,15 +4,28 @@
  * `redactJob` (secret values and sealed bytes never leave the service).
  */
 import { JobServiceService, type ControlAuditRecord, type Job, type JobServiceServer } from "@aspen/proto";
-import { bindService, durationToMs, InvalidArgumentError, principalOf, type ServiceBinding } from "@aspen/runtime";
-import { isTerminal, redactJob } from "@aspen/model";
+import { status } from "@grpc/grpc-js";
+import {
+  bindService,
+  durationToMs,
+  InvalidArgumentError,
+  principalOf,
+  toServiceError,
+  type Logger,
+  type ServiceBinding,
+} from "@aspen/runtime";
+import { isTerminal, Limits, redactJob } from "@aspen/model";
 import type { AppendOnlyLog } from "@aspen/store";
 import type { JobManager } from "./job-manager.js";
 import { outputStreamHandlers } from "./output-stream.js";
 
 const MAX_CONTROL_AUDIT = 1000;
 
-export function jobService(jobs: JobManager, controlAudit: AppendOnlyLog<ControlAuditRecord>): ServiceBinding<JobServiceServer> {
+export function jobService(
+  jobs: JobManager,
+  controlAudit: AppendOnlyLog<ControlAuditRecord>,
+  log: Logger,
+): ServiceBinding<JobServiceServer> {
   return bindService<JobServiceServer>("aspen.v1.JobService", JobServiceService, {
     listControlAudit: async (req) => {
       if (req.limit > MAX_CONTROL_AUDIT) throw new InvalidArgumentError("limit", `must be at most ${MAX_CONTROL_AUDIT}`);
@@ -25,6 +38,25 @@ export function jobService(jobs: JobManager, controlAudit: AppendOnlyLog<Control
     submitJob: async (req, call) => {
       const res = await jobs.submit(req, principalOf(call)?.name);
       return { ...res, job: res.job && redactJob(res.job) };
+    },
+    submitJobs: async (req, call) => {
+      if (req.requests.length > Limits.submissionsPerCall) {
+        throw new InvalidArgumentError("requests", `at most ${Limits.submissionsPerCall} per call, got ${req.requests.length}`);
+      }
+      const caller = principalOf(call)?.name;
+      const results = await Promise.all(
+        req.requests.map((r) =>
+          jobs.submit(r, caller).then(
+            (res) => ({ response: { ...res, job: res.job && redactJob(res.job) }, code: 0, message: "" }),
+            (err: unknown) => {
+              const refused = toServiceError(err);
+              if (refused.code === status.INTERNAL) log.error({ err, job: r.jobId }, "submission failed");
+              return { response: undefined, code: refused.code, message: refused.details };
+            },
+          ),
+        ),
+      );
+      return { results };
     },
     getJob: async (req) => redactJob(await jobs.get(req.jobId)),
     listJobs: async (req) => {

@@ -97,7 +97,7 @@ await runMain(log, async () => {
     host: config.ASPEN_GRPC_HOST,
     port: config.ASPEN_GRPC_PORT,
     log,
-    services: [jobService(jobs, controlAudit)],
+    services: [jobService(jobs, controlAudit, log)],
   });
   const port = await server.start();
   log.info({ port, replica: replicaId, metricsPort: config.ASPEN_METRICS_PORT || undefined }, "job-manager ready");

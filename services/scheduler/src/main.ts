@@ -1,13 +1,23 @@
 /** Scheduler process: wires config, logging, telemetry, NATS, the firing lease and the gRPC server. */
-import { JobServiceClient, ListJobsRequest, Schedule, SchedulerLease } from "@aspen/proto";
+import {
+  JobServiceClient,
+  ListJobsRequest,
+  Schedule,
+  SchedulerLease,
+  type SubmitJobRequest,
+  type SubmitJobResponse,
+} from "@aspen/proto";
+import { Limits } from "@aspen/model";
 import {
   closeInOrder,
   createClient,
   createLogger,
+  errorForStatus,
   GrpcServer,
   controlPlaneSealer,
   observeGauge,
   runMain,
+  TurnBatcher,
   unaryCall,
 } from "@aspen/runtime";
 import { openControlService } from "@aspen/store";
@@ -24,11 +34,16 @@ await runMain(log, async () => {
   const { replicaId, telemetry, store, audit } = await openControlService("scheduler", config, log);
   const jobManager = createClient(JobServiceClient, config.ASPEN_JOB_MANAGER_ADDR);
   const sealer = controlPlaneSealer(config.ASPEN_SECRETS_PUBLIC_KEY_FILE, log);
+  // The fires of one event-loop turn (schedules due at the same instant) go to the job-manager in one SubmitJobs call.
+  const submissions = new TurnBatcher<SubmitJobRequest, SubmitJobResponse>(async (requests) => {
+    const { results } = await unaryCall(jobManager.submitJobs.bind(jobManager), { requests });
+    return results.map((r) => (r.code === 0 && r.response ? r.response : errorForStatus(r.code, r.message)));
+  }, Limits.submissionsPerCall);
   const scheduler = new Scheduler({
     sealer,
     schedules: await store.bucket("aspen_schedules", Schedule),
     jobs: {
-      submit: (req) => unaryCall(jobManager.submitJob.bind(jobManager), req),
+      submit: (req) => submissions.call(req),
       get: (jobId) => unaryCall(jobManager.getJob.bind(jobManager), { jobId }),
       list: (req) => unaryCall(jobManager.listJobs.bind(jobManager), ListJobsRequest.fromPartial(req)),
       cancel: (jobId, reason) => unaryCall(jobManager.cancelJob.bind(jobManager), { jobId, reason }),
