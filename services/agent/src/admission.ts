@@ -211,7 +211,7 @@ export function admit(spec: JobSpec, compiled: CompiledPolicy): Plan {
     if (!found) throw new Refusal(`command ${JSON.stringify(name)} not found on the agent's PATH (${path})`);
     let real: string;
     try {
-      real = realpathSync(found);
+      real = realpathSync.native(found);
     } catch {
       throw new Refusal(`command ${JSON.stringify(name)}: ${found} does not exist`);
     }
@@ -231,7 +231,7 @@ export function admit(spec: JobSpec, compiled: CompiledPolicy): Plan {
   const joined = isAbsolute(asked) ? asked : resolve(compiled.workRoot, asked);
   let cwd: string;
   try {
-    cwd = realpathSync(joined);
+    cwd = realpathSync.native(joined);
   } catch {
     throw new Refusal(`cwd ${JSON.stringify(asked)}: ${joined} does not exist`);
   }

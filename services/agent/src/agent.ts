@@ -60,6 +60,11 @@ export class Agent {
   private readonly client: CoordinatorServiceClient;
   private readonly active = new Map<string, Execution>();
   private readonly outbox: AttemptEvent[] = [];
+  /** Events of this event-loop turn, sent together when it ends (one message instead of one each). */
+  private unsent: AttemptEvent[] = [];
+  private sendScheduled = false;
+  /** The coordinator of this session takes AgentMessage.events. */
+  private batchesEvents = false;
   private stream: Stream | undefined;
   private registered = false;
   private heartbeatTimer: NodeJS.Timeout | undefined;
@@ -127,6 +132,7 @@ export class Agent {
         if (msg?.$case === "registered") {
           didRegister = true;
           this.registered = true;
+          this.batchesEvents = msg.value.takesEventBatches;
           this.options.log.info({ coordinator: this.options.coordinatorAddr }, "registered with coordinator");
           const intervalMs = durationToMs(msg.value.heartbeatInterval) || 1_000;
           this.heartbeatTimer = setInterval(() => this.heartbeat(), intervalMs);
@@ -166,10 +172,25 @@ export class Agent {
     this.stream?.write({ msg: { $case: "heartbeat", value: { running: [...this.active.keys()], load: loadavg()[0] ?? 0 } } });
   }
 
-  /** Sends an event now, or keeps it for the next session. */
+  /** Sends an event when this turn ends (with the others of the turn), or keeps it for the next session. */
   private send(event: AttemptEvent): void {
-    if (this.stream && this.registered) this.stream.write({ msg: { $case: "event", value: event } });
-    else this.outbox.push(event);
+    this.unsent.push(event);
+    if (this.sendScheduled) return;
+    this.sendScheduled = true;
+    setImmediate(() => this.flushEvents());
+  }
+
+  private flushEvents(): void {
+    this.sendScheduled = false;
+    const events = this.unsent;
+    this.unsent = [];
+    if (events.length === 0) return;
+    if (!this.stream || !this.registered) {
+      this.outbox.push(...events);
+      return;
+    }
+    if (this.batchesEvents && events.length > 1) this.stream.write({ msg: { $case: "events", value: { events } } });
+    else for (const event of events) this.stream.write({ msg: { $case: "event", value: event } });
   }
 
   private run(assignment: Assignment): void {
@@ -337,6 +358,7 @@ export class Agent {
         clearTimeout(timer);
       }
       // Give the last reports a moment to reach the coordinator before the stream ends.
+      this.flushEvents();
       if (this.outbox.length > 0 && this.stream) await new Promise((r) => setTimeout(r, 200));
       this.state = "stopped";
       clearInterval(this.heartbeatTimer);

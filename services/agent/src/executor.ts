@@ -326,7 +326,7 @@ export function execute(spec: JobSpec, plan: Plan, options: ExecutorOptions): Ex
       exited = true;
       exit = { code, signal };
       // Reap what the main process left behind in its group, then give the pipes a moment to close.
-      if (child.pid !== undefined) signalGroup(child.pid, "SIGKILL");
+      if (child.pid !== undefined && !child.reapsGroup) signalGroup(child.pid, "SIGKILL");
       // (Not while the store holds the reader back: that output is still to be read.)
       const cut = () => {
         if (outWriter?.isPaused || errWriter?.isPaused) return void setTimeout(cut, 500).unref();

@@ -177,6 +177,7 @@ sub reap {
     my $id = delete $pid_id{$pid};
     next unless defined $id;
     my $job = $jobs{$id};
+    kill 'KILL', -$pid;   # what the job left behind in its group (as the executor does for the node spawner)
     read_status($id, 1) if $job->{status};
     say_line("X $id $status") unless $job->{failed};
     $job->{pid} = undef;

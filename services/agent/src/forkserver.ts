@@ -41,6 +41,8 @@ export interface SpawnedChild extends EventEmitter {
   readonly pid?: number | undefined;
   readonly stdout: Readable | null;
   readonly stderr: Readable | null;
+  /** True when the spawner SIGKILLs what is left of the group itself once the main process has exited. */
+  readonly reapsGroup?: boolean;
 }
 
 export interface Spawner {
@@ -116,6 +118,8 @@ class RelayedStream extends Readable {
 
 class ForkedChild extends EventEmitter implements SpawnedChild {
   pid: number | undefined;
+  // The fork server kills the group right after reaping the main process (no ESRCH Error per job here).
+  readonly reapsGroup = true;
   readonly stdout: RelayedStream | null;
   readonly stderr: RelayedStream | null;
   private exited = false;

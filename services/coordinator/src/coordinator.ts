@@ -163,6 +163,8 @@ export class Coordinator {
           session.worker.load = msg.value.load;
         } else if (msg?.$case === "event") {
           this.onEvent(session, msg.value);
+        } else if (msg?.$case === "events") {
+          for (const event of msg.value.events) this.onEvent(session, event);
         } else if (msg?.$case === "register") {
           throw new FailedPreconditionError("already registered on this stream");
         }
@@ -247,7 +249,12 @@ export class Coordinator {
     }
     // A second connection with the same id takes over; the older stream is closed.
     if (previous && previous !== stream) previous.end();
-    stream.write({ msg: { $case: "registered", value: { heartbeatInterval: msToDuration(this.options.heartbeatIntervalMs) } } });
+    stream.write({
+      msg: {
+        $case: "registered",
+        value: { heartbeatInterval: msToDuration(this.options.heartbeatIntervalMs), takesEventBatches: true },
+      },
+    });
     for (const key of kill) {
       const parsed = parseAttemptKey(key);
       if (parsed)
