@@ -96,6 +96,11 @@ describe("input validation", () => {
     );
     expect(badId.code).toBe(status.INVALID_ARGUMENT);
     expect(badId.message).toMatch(/^job_id:/);
+    const badTrace = await refusal(
+      unaryCall(jobs.submitJob.bind(jobs), SubmitJobRequest.fromPartial({ traceparent: "not-a-trace", spec: job("echo") })),
+    );
+    expect(badTrace.code).toBe(status.INVALID_ARGUMENT);
+    expect(badTrace.message).toMatch(/^traceparent:/);
     const missing = await refusal(unaryCall(jobs.getJob.bind(jobs), { jobId: "nope" }));
     expect(missing.code).toBe(status.NOT_FOUND);
   });

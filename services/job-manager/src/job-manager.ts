@@ -201,6 +201,9 @@ export class JobManager {
     if (Buffer.byteLength(request.idempotencyKey) > MAX_IDEMPOTENCY_KEY_BYTES) {
       throw new InvalidArgumentError("idempotency_key", `longer than ${MAX_IDEMPOTENCY_KEY_BYTES} bytes`);
     }
+    if (request.traceparent && !TRACEPARENT.test(request.traceparent)) {
+      throw new InvalidArgumentError("traceparent", "must be a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)");
+    }
     validateJobSpec(request.spec, "spec");
     // Inline secret values are sealed here and never stored or passed on in clear.
     const spec = sealJobSpec(request.spec, this.options.sealer, "spec");
@@ -217,7 +220,12 @@ export class JobManager {
     id ||= newId("j");
     const submittedBy = request.scheduleId ? `schedule:${request.scheduleId}${caller ? ` (${caller})` : ""}` : caller;
     await this.checkDependencies(id, spec.dependsOn, "spec.depends_on");
-    return withSpan(Spans.submit, { attributes: { [Attr.jobId]: id, [Attr.scheduleId]: request.scheduleId } }, async () => {
+    const span = {
+      // A submission from a batch names its caller's trace; a single call's trace comes with the call.
+      ...(request.traceparent ? { parent: contextFromTraceparent(request.traceparent) } : {}),
+      attributes: { [Attr.jobId]: id, [Attr.scheduleId]: request.scheduleId },
+    };
+    return withSpan(Spans.submit, span, async () => {
       const created =
         (spec.placement?.fanOut ?? 0) !== 0
           ? await this.submitFanOut(id, spec, request, activeTraceId(), traceparentOf(), submittedBy)
@@ -1034,6 +1042,8 @@ function reportedEnd(job: Job, event: AttemptEvent): boolean {
   const actor = `agent:${event.workerId}`;
   return job.history.some((h) => h.attempt === event.attempt && h.actor === actor && ENDS.has(h.to));
 }
+
+const TRACEPARENT = /^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$/;
 
 const ENDS = new Set([S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED, S.JOB_STATE_TIMED_OUT, S.JOB_STATE_CANCELLED]);
 

@@ -53,6 +53,7 @@ import {
   ResourceExhaustedError,
   Spans,
   trace,
+  traceparentOf,
   withSpan,
   context,
   type Logger,
@@ -968,6 +969,7 @@ export class Scheduler {
                 spec: job,
                 scheduleId: id,
                 scheduledAt: new Date(at),
+                traceparent: traceparentOf(),
               });
               created = res.created;
               return;
