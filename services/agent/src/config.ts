@@ -75,8 +75,8 @@ export const AgentConfigSchema = z.object({
    */
   ASPEN_AGENT_SECRETS_DIR: env.optionalString(),
   /**
-   * What starts job processes: "forkserver" (a small Perl process forks for the
-   * agent, forkserver.ts; falls back to "node" with a warning when perl is not
+   * What starts job processes: "forkserver" (a small Python process spawns for the
+   * agent, forkserver.ts; falls back to "node" with a warning when python3 is not
    * on PATH) or "node" (child_process.spawn from the agent itself).
    */
   ASPEN_SPAWNER: z.enum(["forkserver", "node"]).default("forkserver"),

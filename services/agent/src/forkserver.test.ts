@@ -60,8 +60,8 @@ describe("fork server", () => {
     expect(ok.out.toString()).toBe("still here\n");
   });
 
-  it("without a perl to run, a spawn fails with the reason instead of waiting forever", async () => {
-    server = new ForkServer("/nonexistent/perl");
+  it("without a python to run, a spawn fails with the reason instead of waiting forever", async () => {
+    server = new ForkServer("/nonexistent/python3");
     const r = await outcome(server.spawn("/bin/true", [], base));
     expect(r.error).toMatch(/^ESPAWNER/);
   });

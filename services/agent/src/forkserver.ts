@@ -1,13 +1,14 @@
 /**
  * How the agent starts job processes.
  *
- * `nodeSpawn` is child_process.spawn. `ForkServer` hands the fork and exec to
- * a small Perl process (forkserver-script.ts) and relays the job's stdio over
- * one pipe. Measured here (docs/architecture.md, "Execution"): a Node parent
- * spends ~0.8 ms of CPU per spawn at 70 MB RSS and more as it grows, and its
- * event loop is blocked until the child has exec'd (4 ms per spawn under
- * load in the end-to-end bench); through the fork server the agent spends
- * ~0.06 ms and the fork server ~0.25 ms, and the agent never blocks.
+ * `nodeSpawn` is child_process.spawn. `ForkServer` hands the spawn to a small
+ * Python process (forkserver-script.ts: posix_spawn) and relays the job's
+ * stdio over one pipe. Measured here (docs/architecture.md, "Execution"): a
+ * Node parent spends ~0.8 ms of CPU per spawn at 70 MB RSS and more as it
+ * grows, and its event loop is blocked until the child has exec'd (4 ms per
+ * spawn under load in the end-to-end bench); through the fork server the
+ * agent spends ~0.06 ms, the fork server ~0.05 ms and the child ~0.5 ms, and
+ * the agent never blocks.
  *
  * Both give the executor the same thing (`SpawnedChild`): the pid, stdout and
  * stderr as readable streams, and the events "spawn", "error" (did not start;
@@ -23,6 +24,19 @@ import { constants } from "node:os";
 import { Readable } from "node:stream";
 import type { Logger } from "pino";
 import { FORKSERVER_SCRIPT } from "./forkserver-script.js";
+
+/** `python3 -c`: reads the script from fd 3 and runs it (the first line names it in `ps`). */
+const BOOTSTRAP = [
+  "# aspen-forkserver",
+  "import os",
+  "b = bytearray()",
+  "while True:",
+  "    d = os.read(3, 65536)",
+  "    if not d: break",
+  "    b += d",
+  "os.close(3)",
+  'exec(compile(bytes(b), "aspen-forkserver", "exec"))',
+].join("\n");
 
 export interface SpawnOptions {
   env: Record<string, string>;
@@ -60,7 +74,7 @@ export function signalGroup(pid: number, signal: NodeJS.Signals): void {
   }
 }
 
-/** child_process.spawn: used where perl is missing, and by tests that compare the two. */
+/** child_process.spawn: used where python3 is missing, and by tests that compare the two. */
 export const nodeSpawner: Spawner = {
   spawn(file, args, options) {
     const child: ChildProcess = spawn(file, args, {
@@ -188,7 +202,7 @@ class ForkedChild extends EventEmitter implements SpawnedChild {
 }
 
 /**
- * One Perl fork server per agent, started on first use and restarted if it
+ * One fork server per agent, started on first use and restarted if it
  * dies. If it dies with jobs running, their process groups are killed and
  * they end as killed (SIGKILL): their output pipes went with it.
  */
@@ -203,7 +217,7 @@ export class ForkServer implements Spawner {
   private closing = false;
 
   constructor(
-    private readonly perl = "perl",
+    private readonly python = "python3",
     private readonly log?: Logger,
   ) {}
 
@@ -235,7 +249,8 @@ export class ForkServer implements Spawner {
     }
     const payload = Buffer.from(fields.join("\0"));
     this.send(`S ${id} ${payload.length}\n`, payload);
-    if (options.stdin && options.stdin.length > 0) this.send(`I ${id} ${options.stdin.length}\n`, Buffer.from(options.stdin));
+    // Sent even when empty: the fork server closes the pipe after it, so the job sees EOF.
+    if (options.stdin) this.send(`I ${id} ${options.stdin.length}\n`, Buffer.from(options.stdin));
     return child;
   }
 
@@ -252,19 +267,20 @@ export class ForkServer implements Spawner {
 
   private ensureStarted(): void {
     if (this.proc) return;
-    // The script comes in on fd 3 so that every packaging of the agent carries it.
-    const proc = spawn(this.perl, ["/dev/fd/3"], { stdio: ["pipe", "pipe", "pipe", "pipe"] });
+    // The script comes in on fd 3 so that every packaging of the agent carries it; -I -S:
+    // no PYTHON* variables, no user or site packages.
+    const proc = spawn(this.python, ["-I", "-S", "-c", BOOTSTRAP], { stdio: ["pipe", "pipe", "pipe", "pipe"] });
     this.proc = proc;
     const script = proc.stdio[3] as NodeJS.WritableStream;
-    script.on("error", () => undefined); // perl did not start or died: "error"/"exit" handle that
+    script.on("error", () => undefined); // python did not start or died: "error"/"exit" handle that
     script.end(FORKSERVER_SCRIPT);
     proc.stdin?.on("error", () => undefined); // it died: "exit" handles that
     proc.stdout?.on("data", (chunk: Buffer) => this.receive(chunk));
     let stderr = "";
     proc.stderr?.on("data", (chunk: Buffer) => (stderr = (stderr + chunk.toString()).slice(-2000)));
     proc.on("error", (err) => {
-      // perl could not be started: nothing will answer, so what waits on it fails now.
-      this.log?.error({ err: err.message, perl: this.perl }, "fork server could not start");
+      // python could not be started: nothing will answer, so what waits on it fails now.
+      this.log?.error({ err: err.message, python: this.python }, "fork server could not start");
       if (this.proc === proc) this.proc = undefined;
       this.orphan();
     });

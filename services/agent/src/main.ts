@@ -36,10 +36,10 @@ await runMain(log, async () => {
   // Before taking work: jobs a crashed predecessor left running are killed.
   groups?.reapLeftovers();
   if (!groups) log.warn("ASPEN_STATE_DIR not set: jobs of a crashed agent are not killed when it restarts");
-  const perl = config.ASPEN_SPAWNER === "forkserver" ? which("perl", process.env.PATH ?? "/usr/bin:/bin") : undefined;
-  if (config.ASPEN_SPAWNER === "forkserver" && !perl)
-    log.warn("ASPEN_SPAWNER=forkserver but perl is not on PATH: jobs are spawned by the agent itself (slower)");
-  const spawner: Spawner = perl ? new ForkServer(perl, log) : nodeSpawner;
+  const python = config.ASPEN_SPAWNER === "forkserver" ? which("python3", process.env.PATH ?? "/usr/bin:/bin") : undefined;
+  if (config.ASPEN_SPAWNER === "forkserver" && !python)
+    log.warn("ASPEN_SPAWNER=forkserver but python3 is not on PATH: jobs are spawned by the agent itself (slower)");
+  const spawner: Spawner = python ? new ForkServer(python, log) : nodeSpawner;
   const telemetry = startTelemetry("aspen-agent");
   const store =
     config.ASPEN_NATS_SERVERS.length > 0
@@ -91,7 +91,7 @@ await runMain(log, async () => {
       slots: settings.slots,
       workRoot: policy.workRoot,
       outputs: !!outputs,
-      spawner: perl ? `forkserver (${perl})` : "node",
+      spawner: python ? `forkserver (${python})` : "node",
     },
     "agent ready",
   );
