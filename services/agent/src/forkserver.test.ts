@@ -60,6 +60,31 @@ describe("fork server", () => {
     expect(ok.out.toString()).toBe("still here\n");
   });
 
+  it("gives stdin and then EOF (also when empty), and runs a job in its directory", async () => {
+    server = new ForkServer();
+    const fed = await outcome(server.spawn("/bin/cat", [], { ...base, stdin: Buffer.from("fed\n") }));
+    expect(fed.out.toString()).toBe("fed\n");
+    const empty = await outcome(server.spawn("/bin/cat", [], { ...base, stdin: new Uint8Array() }));
+    expect(empty).toMatchObject({ code: 0, out: Buffer.alloc(0) });
+    const where = await outcome(server.spawn("/bin/pwd", [], { ...base, cwd: "/usr" }));
+    expect(where.out.toString()).toBe("/usr\n");
+    // A job without a cwd runs where the agent does, not where the previous job ran.
+    const home = await outcome(server.spawn("/bin/pwd", [], base));
+    expect(home.out.toString()).toBe(`${process.cwd()}\n`);
+  });
+
+  // setuid/setgid need root; jobs with runAs take the fork path (posix_spawn cannot switch ids).
+  it.skipIf(process.getuid?.() !== 0)("runs a runAs job under its uid and gid, and says why one could not start", async () => {
+    server = new ForkServer();
+    const ids = await outcome(server.spawn("/bin/sh", ["-c", "id -u; id -g; id -G"], { ...base, uid: 65534, gid: 65534 }));
+    expect(ids).toMatchObject({ code: 0, signal: null });
+    expect(ids.out.toString()).toBe("65534\n65534\n65534\n");
+    const badDir = await outcome(server.spawn("/bin/true", [], { ...base, uid: 65534, gid: 65534, cwd: "/nonexistent-dir" }));
+    expect(badDir.error).toMatch(/^ENOENT: chdir \/nonexistent-dir/);
+    const missing = await outcome(server.spawn("/nonexistent/aspen", [], { ...base, uid: 65534, gid: 65534 }));
+    expect(missing.error).toMatch(/^ENOENT: exec \/nonexistent\/aspen/);
+  });
+
   it("without a python to run, a spawn fails with the reason instead of waiting forever", async () => {
     server = new ForkServer("/nonexistent/python3");
     const r = await outcome(server.spawn("/bin/true", [], base));
