@@ -140,6 +140,8 @@ export class Agent {
           for (const event of this.outbox.splice(0)) this.send(event);
         } else if (msg?.$case === "assignment") {
           this.run(msg.value);
+        } else if (msg?.$case === "assignments") {
+          for (const assignment of msg.value.assignments) this.run(assignment);
         } else if (msg?.$case === "cancel") {
           this.active.get(key(msg.value.jobId, msg.value.attempt))?.cancel(msg.value.reason);
         }
@@ -162,6 +164,7 @@ export class Agent {
             slots: this.options.slots,
             version: this.options.version,
             running: [...this.active.keys(), ...pendingResults],
+            takesAssignmentBatches: true,
           },
         },
       });

@@ -215,6 +215,8 @@ export class ForkServer implements Spawner {
   private partsBytes = 0;
   private needBytes = 0;
   private closing = false;
+  private outgoing: Buffer[] = [];
+  private flushing: NodeJS.Immediate | undefined;
 
   constructor(
     private readonly python = "python3",
@@ -259,10 +261,20 @@ export class ForkServer implements Spawner {
     this.children.delete(id);
   }
 
+  /** Queues a request; the requests of one event-loop turn go to the fork server in one write. */
   send(header: string, payload?: Buffer): void {
+    this.outgoing.push(Buffer.from(header));
+    if (payload) this.outgoing.push(payload);
+    this.flushing ??= setImmediate(() => this.flush());
+  }
+
+  private flush(): void {
+    this.flushing = undefined;
+    const data = this.outgoing.length === 1 ? this.outgoing[0] : Buffer.concat(this.outgoing);
+    this.outgoing = [];
     const proc = this.proc;
-    if (!proc?.stdin || proc.stdin.destroyed) return;
-    proc.stdin.write(payload ? Buffer.concat([Buffer.from(header), payload]) : header);
+    if (!data || !proc?.stdin || proc.stdin.destroyed) return;
+    proc.stdin.write(data);
   }
 
   private ensureStarted(): void {
@@ -305,6 +317,8 @@ export class ForkServer implements Spawner {
       child.exit(constants.signals.SIGKILL);
     }
     this.children.clear();
+    // Requests for those jobs must not reach the next fork server.
+    this.outgoing = [];
     this.parts = [];
     this.partsBytes = 0;
     this.needBytes = 0;
@@ -355,6 +369,10 @@ export class ForkServer implements Spawner {
     this.closing = true;
     const proc = this.proc;
     if (!proc) return;
+    if (this.flushing) {
+      clearImmediate(this.flushing);
+      this.flush();
+    }
     await new Promise<void>((resolve) => {
       proc.once("exit", () => resolve());
       proc.stdin?.end(); // it exits at end of input

@@ -15,6 +15,7 @@ import {
   PlacementStrategy,
   WorkerHealth,
   type AgentMessage,
+  type Assignment,
   type AttemptEvent,
   type CancelAttemptRequest,
   type CoordinatorMessage,
@@ -87,6 +88,10 @@ interface Session {
   lastSeenMs: number;
   /** When the stream closed; undefined while connected. */
   disconnectedAtMs: number | undefined;
+  /** The agent takes CoordinatorMessage.assignments. */
+  takesBatches: boolean;
+  /** Assignments of the PlaceJobs call in progress, written together when it is done. */
+  unsent: Assignment[];
 }
 
 export const attemptKey = (jobId: string, attempt: number) => `${jobId}#${attempt}`;
@@ -133,6 +138,8 @@ export class Coordinator {
         running: new Set(value.running),
         lastSeenMs: now,
         disconnectedAtMs: now,
+        takesBatches: false,
+        unsent: [],
       });
     }
     this.sweepTimer = setInterval(() => this.sweep(), Math.max(100, Math.floor(this.options.heartbeatIntervalMs / 2)));
@@ -243,8 +250,18 @@ export class Coordinator {
       session.running = adopted;
       session.lastSeenMs = now;
       session.disconnectedAtMs = undefined;
+      session.takesBatches = reg.takesAssignmentBatches;
     } else {
-      session = { worker, owner, stream, running: adopted, lastSeenMs: now, disconnectedAtMs: undefined };
+      session = {
+        worker,
+        owner,
+        stream,
+        running: adopted,
+        lastSeenMs: now,
+        disconnectedAtMs: undefined,
+        takesBatches: reg.takesAssignmentBatches,
+        unsent: [],
+      };
       this.sessions.set(reg.workerId, session);
     }
     // A second connection with the same id takes over; the older stream is closed.
@@ -325,10 +342,11 @@ export class Coordinator {
       throw new InvalidArgumentError("placements", `at most ${Limits.placementsPerCall} per call, got ${requests.length}`);
     }
     const results: PlaceJobResult[] = [];
+    const touched = new Set<Session>();
     for (const [i, request] of requests.entries()) {
       const t0 = performance.now();
       try {
-        results.push({ workerId: await this.place(request, `placements[${i}].`), code: 0, message: "" });
+        results.push({ workerId: await this.place(request, `placements[${i}].`, touched), code: 0, message: "" });
       } catch (err) {
         const refused = toServiceError(err);
         if (refused.code === status.INTERNAL) this.log.error({ err, job: request.jobId }, "placement failed");
@@ -337,11 +355,22 @@ export class Coordinator {
         this.options.onPlacement?.(performance.now() - t0);
       }
     }
+    // Each worker's assignments go down its stream in one message where it takes them.
+    for (const session of touched) {
+      const assignments = session.unsent;
+      session.unsent = [];
+      if (!session.stream) continue; // gone meanwhile: its attempts are lost like any running one
+      if (session.takesBatches && assignments.length > 1) {
+        session.stream.write({ msg: { $case: "assignments", value: { assignments } } });
+      } else {
+        for (const assignment of assignments) session.stream.write({ msg: { $case: "assignment", value: assignment } });
+      }
+    }
     return results;
   }
 
   /** Chooses a worker for the attempt by the job's strategy and sends it down that worker's stream. */
-  private async place(request: PlaceJobRequest, field: string): Promise<string> {
+  private async place(request: PlaceJobRequest, field: string, touched: Set<Session>): Promise<string> {
     if (!JOB_ID.test(request.jobId)) throw new InvalidArgumentError(`${field}job_id`, `must match ${JOB_ID}`);
     if (request.attempt < 1) throw new InvalidArgumentError(`${field}attempt`, "must be at least 1");
     validateJobSpec(request.spec, `${field}spec`);
@@ -365,23 +394,19 @@ export class Coordinator {
         span.setAttribute(Attr.workerId, session.worker.id);
         const attempt = attemptKey(request.jobId, request.attempt);
         session.running.add(attempt);
-        const sent = session.stream?.write({
-          msg: {
-            $case: "assignment",
-            value: {
-              jobId: request.jobId,
-              attempt: request.attempt,
-              spec,
-              traceparent: traceparentOf(),
-              submittedAt: request.submittedAt,
-              submittedBy: request.submittedBy,
-            },
-          },
-        });
-        if (sent === undefined) {
+        if (!session.stream) {
           session.running.delete(attempt);
           throw new UnavailableError(`worker ${session.worker.id} disconnected`);
         }
+        session.unsent.push({
+          jobId: request.jobId,
+          attempt: request.attempt,
+          spec,
+          traceparent: traceparentOf(),
+          submittedAt: request.submittedAt,
+          submittedBy: request.submittedBy,
+        });
+        touched.add(session);
         return session.worker.id;
       },
     );
