@@ -53,6 +53,8 @@ const channelOptions: ChannelOptions = {
   "grpc.keepalive_time_ms": 10_000,
   "grpc.keepalive_timeout_ms": 5_000,
   "grpc.keepalive_permit_without_calls": 1,
+  // No channelz service is exposed, so its per-call bookkeeping (2 % of the job-manager's CPU) buys nothing.
+  "grpc.enable_channelz": 0,
 };
 
 /**
