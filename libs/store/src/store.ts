@@ -5,7 +5,7 @@
  * (ScheduleStore, JobStore...) on these; nothing else talks to NATS.
  */
 import { connect, type NatsConnection } from "@nats-io/transport-node";
-import { Kvm, type KV } from "@nats-io/kv";
+import { Kvm, type KV, type KvEntry } from "@nats-io/kv";
 import { Objm, type ObjectStore } from "@nats-io/obj";
 import { AckedPublisher } from "./publisher.js";
 import { AlreadyExistsError, ConflictError, FailedPreconditionError, UnavailableError, type Logger } from "@aspen/runtime";
@@ -77,6 +77,15 @@ export class ReplicaMismatchError extends FailedPreconditionError {
     );
     this.name = "ReplicaMismatchError";
   }
+}
+
+/**
+ * A value, not a delete or purge marker. Markers have no payload, and our records always
+ * encode to some bytes, so only an empty one needs its headers parsed (nats.js parses them
+ * for `operation`: a tenth of reading 100,000 schedules at start).
+ */
+function isPut(entry: KvEntry): boolean {
+  return entry.value.length > 0 || entry.operation === "PUT";
 }
 
 /** What nats.js accepts as a KV key (its validateKey): writes bypass its KV client, so the check is ours. */
@@ -195,7 +204,7 @@ export class Bucket<T> {
     const watch = await this.kv.watch();
     try {
       for await (const entry of watch) {
-        if (entry.operation === "PUT") {
+        if (isPut(entry)) {
           out.set(entry.key, { key: entry.key, value: this.codec.decode(entry.value), revision: entry.revision });
         } else {
           out.delete(entry.key);
@@ -222,13 +231,12 @@ export class Bucket<T> {
     let stopped = false;
     void (async () => {
       for await (const entry of watch) {
-        if (known && entry.operation === "PUT" && known(entry.key, entry.revision)) continue;
+        const put = isPut(entry);
+        if (known && put && known(entry.key, entry.revision)) continue;
         try {
           onChange(
             entry.key,
-            entry.operation === "PUT"
-              ? { key: entry.key, value: this.codec.decode(entry.value), revision: entry.revision }
-              : undefined,
+            put ? { key: entry.key, value: this.codec.decode(entry.value), revision: entry.revision } : undefined,
           );
         } catch (err) {
           // One record that cannot be handled (e.g. not decodable) must not end the following.
