@@ -13,6 +13,7 @@ import {
   RetryPolicy_Kind,
   SchedulerServiceClient,
   SubmitJobRequest,
+  SubmitJobsRequest,
   type AgentMessage,
   type CoordinatorMessage,
   type Job,
@@ -106,14 +107,17 @@ describe("input validation", () => {
   });
 
   it("SubmitJobs answers each submission on its own, and refuses a batch over the limit naming requests", async () => {
-    const { results } = await unaryCall(jobs.submitJobs.bind(jobs), {
-      requests: [
-        SubmitJobRequest.fromPartial({ jobId: "batch-ok", spec: job("echo") }),
-        SubmitJobRequest.fromPartial({ jobId: "a..b", spec: job("echo") }),
-        SubmitJobRequest.fromPartial({ spec: job("") }),
-        SubmitJobRequest.fromPartial({ jobId: "batch-ok", spec: job("echo") }),
-      ],
-    });
+    const { results } = await unaryCall(
+      jobs.submitJobs.bind(jobs),
+      SubmitJobsRequest.fromPartial({
+        requests: [
+          SubmitJobRequest.fromPartial({ jobId: "batch-ok", spec: job("echo") }),
+          SubmitJobRequest.fromPartial({ jobId: "a..b", spec: job("echo") }),
+          SubmitJobRequest.fromPartial({ spec: job("") }),
+          SubmitJobRequest.fromPartial({ jobId: "batch-ok", spec: job("echo") }),
+        ],
+      }),
+    );
     expect(results.map((r) => [r.code, r.response?.job?.id ?? "", r.response?.created ?? false])).toEqual([
       [status.OK, "batch-ok", true],
       [status.INVALID_ARGUMENT, "", false],
@@ -122,11 +126,22 @@ describe("input validation", () => {
       [status.OK, "batch-ok", false],
     ]);
     expect(results[1]?.message).toMatch(/^job_id:/);
+    // Brief answers (the scheduler's): the id and whether it was created, not the record.
+    const brief = await unaryCall(jobs.submitJobs.bind(jobs), {
+      requests: [SubmitJobRequest.fromPartial({ jobId: "batch-ok", spec: job("echo") })],
+      brief: true,
+    });
+    expect(brief.results[0]?.response?.created).toBe(false);
+    expect(brief.results[0]?.response?.job?.id).toBe("batch-ok");
+    expect(brief.results[0]?.response?.job?.spec).toBeUndefined();
     expect(results[2]?.message).toMatch(/^spec\.exec\.command:/);
     const tooMany = await refusal(
-      unaryCall(jobs.submitJobs.bind(jobs), {
-        requests: Array.from({ length: 1001 }, () => SubmitJobRequest.fromPartial({ spec: job("echo") })),
-      }),
+      unaryCall(
+        jobs.submitJobs.bind(jobs),
+        SubmitJobsRequest.fromPartial({
+          requests: Array.from({ length: 1001 }, () => SubmitJobRequest.fromPartial({ spec: job("echo") })),
+        }),
+      ),
     );
     expect(tooMany.code).toBe(status.INVALID_ARGUMENT);
     expect(tooMany.message).toMatch(/^requests: at most 1000/);

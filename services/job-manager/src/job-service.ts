@@ -3,7 +3,7 @@
  * here, decisions in JobManager. Every Job in an answer goes through
  * `redactJob` (secret values and sealed bytes never leave the service).
  */
-import { JobServiceService, type ControlAuditRecord, type Job, type JobServiceServer } from "@aspen/proto";
+import { Job, JobServiceService, type ControlAuditRecord, type JobServiceServer } from "@aspen/proto";
 import { status } from "@grpc/grpc-js";
 import {
   bindService,
@@ -47,7 +47,14 @@ export function jobService(
       const results = await Promise.all(
         req.requests.map((r) =>
           jobs.submit(r, caller).then(
-            (res) => ({ response: { ...res, job: res.job && redactJob(res.job) }, code: 0, message: "" }),
+            (res) => ({
+              response: {
+                created: res.created,
+                job: req.brief ? Job.fromPartial({ id: res.job?.id }) : res.job && redactJob(res.job),
+              },
+              code: 0,
+              message: "",
+            }),
             (err: unknown) => {
               const refused = toServiceError(err);
               if (refused.code === status.INTERNAL) log.error({ err, job: r.jobId }, "submission failed");

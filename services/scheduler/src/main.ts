@@ -36,7 +36,7 @@ await runMain(log, async () => {
   const sealer = controlPlaneSealer(config.ASPEN_SECRETS_PUBLIC_KEY_FILE, log);
   // The fires of one event-loop turn (schedules due at the same instant) go to the job-manager in one SubmitJobs call.
   const submissions = new TurnBatcher<SubmitJobRequest, SubmitJobResponse>(async (requests) => {
-    const { results } = await unaryCall(jobManager.submitJobs.bind(jobManager), { requests });
+    const { results } = await unaryCall(jobManager.submitJobs.bind(jobManager), { requests, brief: true });
     return results.map((r) => (r.code === 0 && r.response ? r.response : errorForStatus(r.code, r.message)));
   }, Limits.submissionsPerCall);
   const scheduler = new Scheduler({
