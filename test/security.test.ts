@@ -10,6 +10,7 @@ import {
   JobServiceClient,
   JobServiceService,
   JobState,
+  RegisterWorker,
   SchedulerServiceService,
   SubmitJobRequest,
   type AgentMessage,
@@ -120,7 +121,7 @@ describe("authentication and roles", () => {
     stream.write({
       msg: {
         $case: "register",
-        value: { workerId, hostname: "intruder", labels: {}, capabilities: [], slots: 1, version: "x", running: [] },
+        value: RegisterWorker.fromPartial({ workerId, hostname: "intruder", slots: 1, version: "x" }),
       },
     } satisfies AgentMessage);
     return { coord, stream, first };
