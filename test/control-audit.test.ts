@@ -12,6 +12,7 @@ import {
   JobServiceClient,
   SchedulerServiceClient,
   SubmitJobRequest,
+  SubmitJobsRequest,
 } from "@aspen/proto";
 import { createClient, unaryCall } from "@aspen/runtime";
 import { CONTROL_AUDIT_STREAM } from "@aspen/store";
@@ -48,11 +49,21 @@ describe("control audit", () => {
         SubmitJobRequest.fromPartial({ jobId: "long", spec: { exec: { command: "sleep", args: ["30"] } } }),
       );
       await unaryCall(operator.jobs.cancelJob.bind(operator.jobs), { jobId: "long", reason: "not today" });
+      // A batch is audited per submission, each with its own outcome.
+      await unaryCall(
+        operator.jobs.submitJobs.bind(operator.jobs),
+        SubmitJobsRequest.fromPartial({
+          requests: [
+            { jobId: "batched-ok", spec: { exec: { command: "true" } } },
+            { jobId: "batched-bad", spec: { exec: { command: "" } } },
+          ],
+        }),
+      );
       await unaryCall(admin.coordinator.drainWorker.bind(admin.coordinator), { workerId: "agent-1", undrain: false });
 
       const records = await waitFor("the audit trail", async () => {
         const r = await unaryCall(viewer.jobs.listControlAudit.bind(viewer.jobs), { target: "", actor: "", limit: 100 });
-        return r.records.length >= 6 ? r.records : undefined;
+        return r.records.length >= 8 ? r.records : undefined;
       });
       const seen = records.map((r) => [r.actor, r.method.split("/")[1], r.target, r.outcome.split(":")[0]]);
       expect(seen).toEqual(
@@ -63,6 +74,8 @@ describe("control audit", () => {
           ["test-operator", "SubmitJob", "long", "OK"],
           ["test-operator", "CancelJob", "long", "OK"],
           ["test-admin", "DrainWorker", "agent-1", "OK"],
+          ["test-operator", "SubmitJobs", "batched-ok", "OK"],
+          ["test-operator", "SubmitJobs", "batched-bad", "INVALID_ARGUMENT"],
         ]),
       );
       // Reads are not audited; records are newest first; filters by target and actor.

@@ -13,6 +13,7 @@ export {
   secretEnvNames,
 } from "./secrets.js";
 export { isTerminal, parseState, stateName } from "./states.js";
+export { BATCH_BYTES, eventBytes, specBytes, splitByBytes } from "./wire-size.js";
 export {
   decideRetry,
   isRetrying,

@@ -155,7 +155,7 @@ function targetOf(request: unknown): string {
   }
   const group = r.group as { name?: unknown } | undefined;
   if (typeof group?.name === "string") return group.name;
-  // A batch (SubmitJobs): the ids it names, the first ten of them.
+  // A batch refused as a whole (SubmitJobs): the ids it names, the first ten of them.
   if (Array.isArray(r.requests)) {
     const ids = (r.requests as Array<Record<string, unknown>>).map((q) => targetOf(q) || "?");
     return ids.length > 10 ? `${ids.slice(0, 10).join(",")},… (${ids.length})` : ids.join(",");
@@ -204,16 +204,25 @@ function adapt(
     // State-changing calls (and refusals of them) go to the control audit trail.
     const permission = permissionFor(methodName);
     const audited = audit && (permission === "operate" || permission === "admin");
-    const record = (call: ServerUnaryCall<unknown, unknown>, outcome: string) => {
+    const record = (call: ServerUnaryCall<unknown, unknown>, outcome: string, target = targetOf(call.request)) => {
       const who = principals.get(call);
       audit?.({
         at: new Date(),
         actor: who?.name ?? "unauthenticated",
         role: who?.role ?? "",
         method: spanName,
-        target: targetOf(call.request),
+        target,
         outcome,
       });
+    };
+    // A batch (SubmitJobs): one record per item, with that item's own outcome.
+    const recordAnswer = (call: ServerUnaryCall<unknown, unknown>, res: unknown) => {
+      const items = (call.request as { requests?: unknown }).requests;
+      const results = (res as { results?: Array<{ code?: number; message?: string }> } | undefined)?.results;
+      if (!Array.isArray(items) || !Array.isArray(results) || items.length !== results.length) return record(call, "OK");
+      results.forEach((r, i) =>
+        record(call, !r.code ? "OK" : `${status[r.code] ?? r.code}: ${r.message ?? ""}`, targetOf(items[i])),
+      );
     };
     if (!method.requestStream && !method.responseStream) {
       out[key] = ((call: ServerUnaryCall<unknown, unknown>, callback: (e: unknown, r?: unknown) => void) => {
@@ -223,7 +232,7 @@ function adapt(
           return handler(call.request, call) as Promise<unknown>;
         }).then(
           (res) => {
-            if (audited) record(call, "OK");
+            if (audited) recordAnswer(call, res);
             callback(null, res);
           },
           (err) => {

@@ -38,14 +38,15 @@ interface Queued {
   subject: string;
   data: Uint8Array;
   expectedLastSubjectSequence: number | undefined;
+  extraHeaders: Record<string, string> | undefined;
   token: string;
 }
 
 const SWEEP_MS = 1_000;
 
 export class AckedPublisher {
-  private readonly inbox = createInbox();
-  private readonly subscription: Subscription;
+  private inbox = "";
+  private subscription: Subscription | undefined;
   private readonly pending = new Map<string, Pending>();
   private queued: Queued[] = [];
   private flushing: NodeJS.Immediate | undefined;
@@ -56,12 +57,6 @@ export class AckedPublisher {
     private readonly nc: NatsConnection,
     private readonly timeoutMs = 5_000,
   ) {
-    this.subscription = nc.subscribe(`${this.inbox}.*`, {
-      callback: (err, msg) => (err ? this.failAll(err) : this.onAck(msg)),
-    });
-    void this.subscription.closed.then(() =>
-      this.failAll(new UnavailableError("NATS connection closed before the write was acknowledged")),
-    );
     this.sweeper = setInterval(() => this.sweep(), SWEEP_MS).unref();
   }
 
@@ -70,11 +65,16 @@ export class AckedPublisher {
    * With `expectedLastSubjectSequence` (0: the subject has no message), JetStream
    * stores it only if the subject's last message has that sequence.
    */
-  publish(subject: string, data: Uint8Array, expectedLastSubjectSequence?: number): Promise<number> {
+  publish(
+    subject: string,
+    data: Uint8Array,
+    expectedLastSubjectSequence?: number,
+    extraHeaders?: Record<string, string>,
+  ): Promise<number> {
     return new Promise<number>((resolve, reject) => {
       const token = String(this.next++);
       this.pending.set(token, { resolve, reject, deadline: Date.now() + this.timeoutMs });
-      this.queued.push({ subject, data, expectedLastSubjectSequence, token });
+      this.queued.push({ subject, data, expectedLastSubjectSequence, extraHeaders, token });
       this.flushing ??= setImmediate(() => this.flush());
     });
   }
@@ -84,7 +84,23 @@ export class AckedPublisher {
     if (this.flushing) clearImmediate(this.flushing);
     this.flushing = undefined;
     this.failAll(new UnavailableError("store closed before the write was acknowledged"));
-    if (!this.nc.isClosed()) this.subscription.unsubscribe();
+    if (!this.nc.isClosed()) this.subscription?.unsubscribe();
+  }
+
+  /** The reply subscription, made again if it ended (an error such as a permissions violation ends it). */
+  private replies(): void {
+    if (this.subscription && !this.subscription.isClosed()) return;
+    const inbox = createInbox();
+    const subscription = this.nc.subscribe(`${inbox}.*`, {
+      callback: (err, msg) => (err ? this.failAll(err) : this.onAck(msg)),
+    });
+    void subscription.closed.then(() => {
+      // Writes still waiting on this inbox will never hear back.
+      if (this.subscription === subscription)
+        this.failAll(new UnavailableError("the reply subscription ended before the write was acknowledged"));
+    });
+    this.inbox = inbox;
+    this.subscription = subscription;
   }
 
   /** Hands every write of this turn to the connection at once: they leave in one socket write. */
@@ -92,12 +108,15 @@ export class AckedPublisher {
     this.flushing = undefined;
     const batch = this.queued;
     this.queued = [];
+    if (batch.length > 0 && !this.nc.isClosed()) this.replies();
     for (const q of batch) {
       try {
         let h;
-        if (q.expectedLastSubjectSequence !== undefined) {
+        if (q.expectedLastSubjectSequence !== undefined || q.extraHeaders) {
           h = headers();
-          h.set("Nats-Expected-Last-Subject-Sequence", String(q.expectedLastSubjectSequence));
+          if (q.expectedLastSubjectSequence !== undefined)
+            h.set("Nats-Expected-Last-Subject-Sequence", String(q.expectedLastSubjectSequence));
+          for (const [k, v] of Object.entries(q.extraHeaders ?? {})) h.set(k, v);
         }
         this.nc.publish(q.subject, q.data, { reply: `${this.inbox}.${q.token}`, headers: h });
       } catch (err) {
@@ -105,7 +124,6 @@ export class AckedPublisher {
       }
     }
   }
-
   private onAck(msg: Msg): void {
     const token = msg.subject.slice(this.inbox.length + 1);
     if (msg.headers?.code === 503) {

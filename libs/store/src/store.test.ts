@@ -45,7 +45,9 @@ describe("store over JetStream", () => {
   it("re-creates a deleted key, refuses an invalid key, and keeps a burst of writes in order", async () => {
     const bucket = await store.bucket("t_recreate", Schedule);
     const first = await bucket.create("d", record("d", "first"));
-    await bucket.delete("d");
+    // A delete at a stale revision is refused like any compare-and-set.
+    await expect(bucket.delete("d", first - 1)).rejects.toBeInstanceOf(ConflictError);
+    await bucket.delete("d", first);
     const again = await bucket.create("d", record("d", "again"));
     expect(again).toBeGreaterThan(first);
     expect((await bucket.get("d"))?.value.name).toBe("again");

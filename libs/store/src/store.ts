@@ -90,6 +90,7 @@ function isPut(entry: KvEntry): boolean {
 
 /** What nats.js accepts as a KV key (its validateKey): writes bypass its KV client, so the check is ours. */
 const VALID_KEY = /^[-/=.\w]+$/;
+const validKey = (key: string): boolean => !key.startsWith(".") && !key.endsWith(".") && VALID_KEY.test(key);
 
 export class Bucket<T> {
   constructor(
@@ -102,7 +103,7 @@ export class Bucket<T> {
 
   /** Writes the key if its last revision is `expected` (0: none), as nats.js's KV put with previousSeq. */
   private put(key: string, value: T, expected: number): Promise<number> {
-    if (key.startsWith(".") || key.endsWith(".") || !VALID_KEY.test(key)) {
+    if (!validKey(key)) {
       return Promise.reject(new Error(`invalid key for bucket ${this.name}: ${JSON.stringify(key)}`));
     }
     return this.publisher.publish(`$KV.${this.name}.${key}`, this.codec.encode(value).finish(), expected);
@@ -187,8 +188,11 @@ export class Bucket<T> {
 
   /** Deletes the key; with `revision`, only if it has not moved on. */
   async delete(key: string, revision?: number): Promise<void> {
+    if (!validKey(key)) throw new Error(`invalid key for bucket ${this.name}: ${JSON.stringify(key)}`);
     try {
-      await this.kv.delete(key, revision === undefined ? undefined : { previousSeq: revision });
+      // A delete marker, as nats.js writes one, through the same publisher as every other write
+      // of this process, so it cannot overtake an update made before it.
+      await this.publisher.publish(`$KV.${this.name}.${key}`, new Uint8Array(), revision, { "KV-Operation": "DEL" });
     } catch (err) {
       if (isWrongLastSequence(err))
         throw new ConflictError(`${this.name}/${key} changed since revision ${revision}`, { cause: err });
@@ -387,7 +391,8 @@ export class Store {
 
   /** Flushes pending writes and closes. Safe to call twice. */
   close(): Promise<void> {
-    // Drained first, so the acks of writes already sent still arrive.
+    // Drained first: writes handed over are flushed to the server. An ack that arrives after
+    // the reply subscription was drained is not heard, and that write is reported failed.
     this.closing ??= (this.nc.isClosed() ? Promise.resolve() : this.nc.drain().catch(() => undefined)).then(() =>
       this.ackedPublisher?.close(),
     );

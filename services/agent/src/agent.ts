@@ -16,6 +16,7 @@ import {
   type CoordinatorMessage,
 } from "@aspen/proto";
 import { Attr, contextFromTraceparent, createClient, durationToMs, Spans, withSpan, type Logger } from "@aspen/runtime";
+import { eventBytes, splitByBytes } from "@aspen/model";
 import { Refusal, RateLimiter, type CompiledPolicy, type Plan } from "./admission.js";
 import type { AuditLog } from "./audit.js";
 import type { Execution, ExecutorOptions } from "./executor.js";
@@ -137,7 +138,9 @@ export class Agent {
           const intervalMs = durationToMs(msg.value.heartbeatInterval) || 1_000;
           this.heartbeatTimer = setInterval(() => this.heartbeat(), intervalMs);
           this.heartbeatTimer.unref();
-          for (const event of this.outbox.splice(0)) this.send(event);
+          // What waited for this session goes first, before events of this turn (started before finished).
+          this.unsent = [...this.outbox.splice(0), ...this.unsent];
+          this.scheduleSend();
         } else if (msg?.$case === "assignment") {
           this.run(msg.value);
         } else if (msg?.$case === "assignments") {
@@ -152,6 +155,9 @@ export class Agent {
       });
       stream.on("end", finish);
       stream.on("close", finish);
+      // Events still waiting for this turn's end join the outbox: the register names their
+      // attempts (they are no longer running) and they are replayed first once registered.
+      this.flushEvents();
       const pendingResults = this.outbox.map((e) => key(e.jobId, e.attempt));
       stream.write({
         msg: {
@@ -178,7 +184,11 @@ export class Agent {
   /** Sends an event when this turn ends (with the others of the turn), or keeps it for the next session. */
   private send(event: AttemptEvent): void {
     this.unsent.push(event);
-    if (this.sendScheduled) return;
+    this.scheduleSend();
+  }
+
+  private scheduleSend(): void {
+    if (this.sendScheduled || this.unsent.length === 0) return;
     this.sendScheduled = true;
     setImmediate(() => this.flushEvents());
   }
@@ -192,8 +202,16 @@ export class Agent {
       this.outbox.push(...events);
       return;
     }
-    if (this.batchesEvents && events.length > 1) this.stream.write({ msg: { $case: "events", value: { events } } });
-    else for (const event of events) this.stream.write({ msg: { $case: "event", value: event } });
+    if (!this.batchesEvents) {
+      for (const event of events) this.stream.write({ msg: { $case: "event", value: event } });
+      return;
+    }
+    // Cut by size: finished events carry output, and a message over the gRPC limit would end the stream.
+    for (const run of splitByBytes(events, eventBytes)) {
+      this.stream.write(
+        run.length === 1 ? { msg: { $case: "event", value: run[0]! } } : { msg: { $case: "events", value: { events: run } } },
+      );
+    }
   }
 
   private run(assignment: Assignment): void {

@@ -42,7 +42,7 @@ by_fd = {}    # fd -> (id, kind): kind 1, 2 (output), "s" (exec status), "i" (st
 pid_id = {}   # pid -> id
 poller = select.poll()
 null = os.open("/dev/null", os.O_RDWR)   # stdio a job does not pipe
-home = os.open(".", os.O_RDONLY)         # the agent's directory, for jobs without a cwd
+home = os.open(".", os.O_PATH | os.O_DIRECTORY)   # the agent's directory, for jobs without a cwd
 
 # SIGCHLD wakes the poll through a pipe.
 sig_r, sig_w = os.pipe()
@@ -87,6 +87,17 @@ def unwatch(fd):
     os.close(fd)
 
 
+def on_path(file, env):
+    """A bare program name, looked up on the job's PATH as execvp does (None: not found)."""
+    if b"/" in file:
+        return file
+    for d in env.get(b"PATH", b"/usr/bin:/bin").split(b":"):
+        candidate = os.path.join(d or b".", file)
+        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
+            return candidate
+    return None
+
+
 def spawn_job(id, payload):
     f = payload.split(b"\0")
     file, cwd, uid, gid, in_mode, out_mode, err_mode, argc = f[:8]
@@ -121,18 +132,25 @@ def spawn_job(id, payload):
         pid = fork_job(id, job, file, argv, env, cwd, uid, gid, fd0, fd1, fd2)
     else:
         pid = None
+        path = on_path(file, env)
         try:
-            os.fchdir(home) if not cwd else os.chdir(cwd)
+            # posix_spawn cannot change directory: this process does, around the spawn, and goes back.
+            if cwd:
+                os.chdir(cwd)
         except OSError as e:
             say("F %s %s chdir %s: %s" % (id, err_name(e.errno), cwd.decode(errors="replace"), os.strerror(e.errno)))
         else:
             try:
-                start = os.posix_spawn if b"/" in file else os.posix_spawnp   # a bare name: PATH, as execvp
-                pid = start(file, argv, env, setsid=True, setsigdef=RESTORE, setsigmask=(),
+                if path is None:
+                    raise FileNotFoundError(errno.ENOENT, "not found on PATH")
+                pid = os.posix_spawn(path, argv, env, setsid=True, setsigdef=RESTORE, setsigmask=(),
                                      file_actions=[(os.POSIX_SPAWN_DUP2, fd0, 0), (os.POSIX_SPAWN_DUP2, fd1, 1),
                                                    (os.POSIX_SPAWN_DUP2, fd2, 2)])
             except OSError as e:
                 say("F %s %s exec %s: %s" % (id, err_name(e.errno), file.decode(errors="replace"), os.strerror(e.errno)))
+            finally:
+                if cwd:
+                    os.fchdir(home)   # no job's directory stays pinned, and the next job without a cwd gets the agent's
     for fd in w.values():
         os.close(fd)
     if in_r is not None:
@@ -160,7 +178,11 @@ def spawn_job(id, payload):
 
 def fork_job(id, job, file, argv, env, cwd, uid, gid, fd0, fd1, fd2):
     """setgid/setuid, then exec: needs a fork. Failures before exec come back on a status pipe."""
-    st_r, st_w = os.pipe()
+    try:
+        st_r, st_w = os.pipe()
+    except OSError as e:
+        say("F %s %s pipe: %s" % (id, err_name(e.errno), os.strerror(e.errno)))
+        return None
     try:
         pid = os.fork()
     except OSError as e:
@@ -184,14 +206,22 @@ def fork_job(id, job, file, argv, env, cwd, uid, gid, fd0, fd1, fd2):
             if uid:
                 # Drop supplementary groups to the job's group, as libuv does, then the user.
                 what = "setgroups"
-                os.setgroups([int(gid) if gid else os.getgid()])
+                try:
+                    os.setgroups([int(gid) if gid else os.getgid()])
+                except PermissionError:
+                    pass   # not root: keep the groups it has, as libuv does
                 what = "setuid %s" % uid.decode()
                 os.setuid(int(uid))
             if cwd:
                 what = "chdir %s" % cwd.decode(errors="replace")
                 os.chdir(cwd)
+            else:
+                os.fchdir(home)
             what = "exec %s" % file.decode(errors="replace")
-            (os.execve if b"/" in file else os.execvpe)(file, argv, env)
+            path = on_path(file, env)
+            if path is None:
+                raise FileNotFoundError(errno.ENOENT, "not found on PATH")
+            os.execve(path, argv, env)
         except OSError as e:
             try:
                 os.write(st_w, ("%s %s: %s" % (err_name(e.errno), what, os.strerror(e.errno))).encode())
@@ -363,8 +393,8 @@ while True:
             if not got:
                 sys.exit(0)   # the agent closed us: it is stopping or gone
             inbuf += got
-            handle_requests()
-    # Ascending descriptors: stdout before stderr of a job.
+    # Ascending descriptors: stdout before stderr of a job. The agent's requests come after,
+    # so a descriptor one of them closes and a spawn reuses gets no event meant for the old one.
     for fd, ev in ready:
         entry = by_fd.get(fd)
         if entry is None:
@@ -376,5 +406,6 @@ while True:
             read_status(id, False)
         else:
             read_output(id, kind)
+    handle_requests()
     reap()
 `;

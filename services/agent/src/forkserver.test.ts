@@ -73,6 +73,14 @@ describe("fork server", () => {
     expect(home.out.toString()).toBe(`${process.cwd()}\n`);
   });
 
+  it("finds a bare program name on the job's PATH, as execvp does", async () => {
+    server = new ForkServer();
+    const found = await outcome(server.spawn("echo", ["on PATH"], { ...base, env: { PATH: "/nonexistent:/bin" } }));
+    expect(found.out.toString()).toBe("on PATH\n");
+    const notFound = await outcome(server.spawn("echo", [], { ...base, env: { PATH: "/nonexistent" } }));
+    expect(notFound.error).toMatch(/^ENOENT: exec echo/);
+  });
+
   // setuid/setgid need root; jobs with runAs take the fork path (posix_spawn cannot switch ids).
   it.skipIf(process.getuid?.() !== 0)("runs a runAs job under its uid and gid, and says why one could not start", async () => {
     server = new ForkServer();
@@ -83,6 +91,10 @@ describe("fork server", () => {
     expect(badDir.error).toMatch(/^ENOENT: chdir \/nonexistent-dir/);
     const missing = await outcome(server.spawn("/nonexistent/aspen", [], { ...base, uid: 65534, gid: 65534 }));
     expect(missing.error).toMatch(/^ENOENT: exec \/nonexistent\/aspen/);
+    // Without a cwd it runs where the agent does, not where the last job ran.
+    await outcome(server.spawn("/bin/true", [], { ...base, cwd: "/usr" }));
+    const home = await outcome(server.spawn("/bin/pwd", [], { ...base, uid: 65534, gid: 65534 }));
+    expect(home.out.toString()).toBe(`${process.cwd()}\n`);
   });
 
   it("without a python to run, a spawn fails with the reason instead of waiting forever", async () => {

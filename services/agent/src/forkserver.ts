@@ -18,11 +18,12 @@
  * Protocol (one pipe each way, header lines with optional binary payloads) is
  * described at the top of the script. Jobs are numbered by the agent.
  */
-import { spawn, type ChildProcess } from "node:child_process";
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { EventEmitter } from "node:events";
 import { constants } from "node:os";
 import { Readable } from "node:stream";
 import type { Logger } from "pino";
+import { which } from "./admission.js";
 import { FORKSERVER_SCRIPT } from "./forkserver-script.js";
 
 /** `python3 -c`: reads the script from fd 3 and runs it (the first line names it in `ps`). */
@@ -72,6 +73,19 @@ export function signalGroup(pid: number, signal: NodeJS.Signals): void {
   } catch {
     // ESRCH: the group is already empty.
   }
+}
+
+/**
+ * The python3 on PATH that can run the fork server (3.8 or later: posix_spawn with
+ * setsid), or why there is none.
+ */
+export function findPython(path: string): { python?: string; problem?: string } {
+  const python = which("python3", path);
+  if (!python) return { problem: "python3 is not on PATH" };
+  const check = spawnSync(python, ["-I", "-S", "-c", "import sys; sys.exit(0 if sys.version_info >= (3, 8) else 1)"], {
+    timeout: 10_000,
+  });
+  return check.status === 0 ? { python } : { problem: `${python} is not Python 3.8 or later` };
 }
 
 /** child_process.spawn: used where python3 is missing, and by tests that compare the two. */

@@ -1,11 +1,11 @@
 /** Agent process: wires config and policy, logging, telemetry, NATS (outputs, audit), the health endpoint and the coordinator session. */
 import { closeInOrder, createLogger, GrpcServer, loadSecretOpener, runMain, startTelemetry } from "@aspen/runtime";
 import { Store } from "@aspen/store";
-import { compilePolicy, which } from "./admission.js";
+import { compilePolicy } from "./admission.js";
 import { Agent } from "./agent.js";
 import { AuditLog } from "./audit.js";
 import { loadAgentConfig } from "./config.js";
-import { ForkServer, nodeSpawner, type Spawner } from "./forkserver.js";
+import { findPython, ForkServer, nodeSpawner, type Spawner } from "./forkserver.js";
 import { OutputStore } from "./output-store.js";
 import { GroupRegistry } from "./reaper.js";
 import { SecretResolver } from "./secrets.js";
@@ -36,9 +36,9 @@ await runMain(log, async () => {
   // Before taking work: jobs a crashed predecessor left running are killed.
   groups?.reapLeftovers();
   if (!groups) log.warn("ASPEN_STATE_DIR not set: jobs of a crashed agent are not killed when it restarts");
-  const python = config.ASPEN_SPAWNER === "forkserver" ? which("python3", process.env.PATH ?? "/usr/bin:/bin") : undefined;
-  if (config.ASPEN_SPAWNER === "forkserver" && !python)
-    log.warn("ASPEN_SPAWNER=forkserver but python3 is not on PATH: jobs are spawned by the agent itself (slower)");
+  const found = config.ASPEN_SPAWNER === "forkserver" ? findPython(process.env.PATH ?? "/usr/bin:/bin") : undefined;
+  if (found?.problem) log.warn(`ASPEN_SPAWNER=forkserver but ${found.problem}: jobs are spawned by the agent itself (slower)`);
+  const python = found?.python;
   const spawner: Spawner = python ? new ForkServer(python, log) : nodeSpawner;
   const telemetry = startTelemetry("aspen-agent");
   const store =

@@ -1,6 +1,7 @@
 /** aspen.v1.CoordinatorService over the Coordinator. */
 import { CoordinatorServiceService, type CoordinatorServiceServer } from "@aspen/proto";
-import { bindService, type ServiceBinding } from "@aspen/runtime";
+import { status } from "@grpc/grpc-js";
+import { bindService, errorForStatus, type ServiceBinding } from "@aspen/runtime";
 import type { Coordinator } from "./coordinator.js";
 
 export function coordinatorService(coordinator: Coordinator): ServiceBinding<CoordinatorServiceServer> {
@@ -11,6 +12,11 @@ export function coordinatorService(coordinator: Coordinator): ServiceBinding<Coo
     drainWorker: async (req) => coordinator.drain(req.workerId, req.undrain),
     matchWorkers: async (req) => ({ workers: coordinator.match(req.selector) }),
     placeJobs: async (req) => ({ results: await coordinator.placeMany(req.placements) }),
+    placeJob: async (req) => {
+      const [result] = await coordinator.placeMany([req], "");
+      if (!result || result.code !== 0) throw errorForStatus(result?.code ?? status.INTERNAL, result?.message ?? "no result");
+      return { workerId: result.workerId };
+    },
     cancelAttempt: async (req) => {
       coordinator.cancel(req);
       return {};

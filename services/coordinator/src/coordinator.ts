@@ -45,7 +45,7 @@ import {
   type Logger,
   type Principal,
 } from "@aspen/runtime";
-import { GROUP_NAME, JOB_ID, Limits, validateJobSpec, WORKER_ID } from "@aspen/model";
+import { GROUP_NAME, JOB_ID, Limits, specBytes, splitByBytes, validateJobSpec, WORKER_ID } from "@aspen/model";
 import type { Bucket } from "@aspen/store";
 import { EventRelay } from "./event-relay.js";
 import { describeSelector, matchesSelector, pickWorker, type Candidate, type StrategyState } from "./placement.js";
@@ -337,7 +337,7 @@ export class Coordinator {
    * Places each attempt in order (PlaceJobs): one result per request, a refusal
    * (no match, no slot, bad input) standing for that attempt alone.
    */
-  async placeMany(requests: PlaceJobRequest[]): Promise<PlaceJobResult[]> {
+  async placeMany(requests: PlaceJobRequest[], fieldPrefix = "placements[i]."): Promise<PlaceJobResult[]> {
     if (requests.length > Limits.placementsPerCall) {
       throw new InvalidArgumentError("placements", `at most ${Limits.placementsPerCall} per call, got ${requests.length}`);
     }
@@ -346,7 +346,11 @@ export class Coordinator {
     for (const [i, request] of requests.entries()) {
       const t0 = performance.now();
       try {
-        results.push({ workerId: await this.place(request, `placements[${i}].`, touched), code: 0, message: "" });
+        results.push({
+          workerId: await this.place(request, fieldPrefix.replace("[i]", `[${i}]`), touched),
+          code: 0,
+          message: "",
+        });
       } catch (err) {
         const refused = toServiceError(err);
         if (refused.code === status.INTERNAL) this.log.error({ err, job: request.jobId }, "placement failed");
@@ -355,15 +359,22 @@ export class Coordinator {
         this.options.onPlacement?.(performance.now() - t0);
       }
     }
-    // Each worker's assignments go down its stream in one message where it takes them.
+    // Each worker's assignments go down its stream in one message where it takes them
+    // (cut by size: a message over the gRPC limit would end the agent's stream).
     for (const session of touched) {
       const assignments = session.unsent;
       session.unsent = [];
       if (!session.stream) continue; // gone meanwhile: its attempts are lost like any running one
-      if (session.takesBatches && assignments.length > 1) {
-        session.stream.write({ msg: { $case: "assignments", value: { assignments } } });
-      } else {
+      if (!session.takesBatches) {
         for (const assignment of assignments) session.stream.write({ msg: { $case: "assignment", value: assignment } });
+        continue;
+      }
+      for (const run of splitByBytes(assignments, (a) => specBytes(a.spec))) {
+        session.stream.write(
+          run.length === 1
+            ? { msg: { $case: "assignment", value: run[0]! } }
+            : { msg: { $case: "assignments", value: { assignments: run } } },
+        );
       }
     }
     return results;

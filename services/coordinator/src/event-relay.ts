@@ -5,6 +5,7 @@
  * backoff; events are never dropped while the process lives.
  */
 import type { AttemptEvent } from "@aspen/proto";
+import { eventBytes, splitByBytes } from "@aspen/model";
 import type { Logger } from "@aspen/runtime";
 
 const MAX_BATCH = 1000;
@@ -33,7 +34,9 @@ export class EventRelay {
   private async drain(): Promise<void> {
     let backoffMs = 100;
     while (this.pending.length > 0) {
-      const batch = this.pending.slice(0, MAX_BATCH);
+      // At most MAX_BATCH events and BATCH_BYTES (finished events carry output), at least one.
+      const [first] = splitByBytes(this.pending.slice(0, MAX_BATCH), (e) => eventBytes(e.event));
+      const batch = first ?? [];
       try {
         const notHeld = batch.flatMap((e, i) => (e.notHeld ? [i] : []));
         const refusals = await this.report(

@@ -1,7 +1,7 @@
 /** Job-manager process: wires config, logging, telemetry and metrics, NATS and the gRPC server. */
 import { performance } from "node:perf_hooks";
 import { CoordinatorServiceClient, IdempotencyRecord, Job, type PlaceJobRequest } from "@aspen/proto";
-import { Limits } from "@aspen/model";
+import { BATCH_BYTES, Limits, specBytes } from "@aspen/model";
 import {
   closeInOrder,
   createClient,
@@ -34,10 +34,19 @@ await runMain(log, async () => {
     description: "Placement round trip to the coordinator, as the job-manager saw it (failed placements included)",
   });
   // The attempts placed in one event-loop turn go to the coordinator in one PlaceJobs call.
-  const placements = new TurnBatcher<PlaceJobRequest, string>(async (batch) => {
-    const { results } = await unaryCall(coordinator.placeJobs.bind(coordinator), { placements: batch });
-    return results.map((r) => (r.code === 0 ? r.workerId : errorForStatus(r.code, r.message)));
-  }, Limits.placementsPerCall);
+  const placements = new TurnBatcher<PlaceJobRequest, string>(
+    async (batch) => {
+      const { results } = await unaryCall(coordinator.placeJobs.bind(coordinator), { placements: batch });
+      return results.map((r) => (r.code === 0 ? r.workerId : errorForStatus(r.code, r.message)));
+    },
+    {
+      maxItems: Limits.placementsPerCall,
+      maxBytes: BATCH_BYTES,
+      sizeOf: (req) => specBytes(req.spec),
+      // A coordinator from before PlaceJobs (rolling upgrade).
+      single: async (req) => (await unaryCall(coordinator.placeJob.bind(coordinator), req)).workerId,
+    },
+  );
   const placer: Placer = {
     place: async (req) => {
       const t0 = performance.now();

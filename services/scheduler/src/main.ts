@@ -7,7 +7,7 @@ import {
   type SubmitJobRequest,
   type SubmitJobResponse,
 } from "@aspen/proto";
-import { Limits } from "@aspen/model";
+import { BATCH_BYTES, Limits, specBytes } from "@aspen/model";
 import {
   closeInOrder,
   createClient,
@@ -35,10 +35,19 @@ await runMain(log, async () => {
   const jobManager = createClient(JobServiceClient, config.ASPEN_JOB_MANAGER_ADDR);
   const sealer = controlPlaneSealer(config.ASPEN_SECRETS_PUBLIC_KEY_FILE, log);
   // The fires of one event-loop turn (schedules due at the same instant) go to the job-manager in one SubmitJobs call.
-  const submissions = new TurnBatcher<SubmitJobRequest, SubmitJobResponse>(async (requests) => {
-    const { results } = await unaryCall(jobManager.submitJobs.bind(jobManager), { requests, brief: true });
-    return results.map((r) => (r.code === 0 && r.response ? r.response : errorForStatus(r.code, r.message)));
-  }, Limits.submissionsPerCall);
+  const submissions = new TurnBatcher<SubmitJobRequest, SubmitJobResponse>(
+    async (requests) => {
+      const { results } = await unaryCall(jobManager.submitJobs.bind(jobManager), { requests, brief: true });
+      return results.map((r) => (r.code === 0 && r.response ? r.response : errorForStatus(r.code, r.message)));
+    },
+    {
+      maxItems: Limits.submissionsPerCall,
+      maxBytes: BATCH_BYTES,
+      sizeOf: (req) => specBytes(req.spec),
+      // A job-manager from before SubmitJobs (rolling upgrade).
+      single: (req) => unaryCall(jobManager.submitJob.bind(jobManager), req),
+    },
+  );
   const scheduler = new Scheduler({
     sealer,
     schedules: await store.bucket("aspen_schedules", Schedule),
