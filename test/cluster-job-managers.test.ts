@@ -100,12 +100,14 @@ describe("two job-manager replicas", () => {
       JobServiceClient,
     ];
     try {
-      // One slot, eight 300 ms jobs, all submitted to the first replica: most are still queued there when it dies.
-      const ids = Array.from({ length: 8 }, (_, i) => `queued-${i}`);
+      // One slot, six 1 s jobs, all submitted to the first replica: most are still queued there when it dies.
+      // (1 s, not less: the kill must land well before the running job ends and the first replica
+      // reserves the next one; on a loaded CI machine 300 ms was not always enough.)
+      const ids = Array.from({ length: 6 }, (_, i) => `queued-${i}`);
       for (const id of ids) {
         await unaryCall(
           first.submitJob.bind(first),
-          SubmitJobRequest.fromPartial({ jobId: id, spec: { exec: { command: "sleep", args: ["0.3"] } } }),
+          SubmitJobRequest.fromPartial({ jobId: id, spec: { exec: { command: "sleep", args: ["1"] } } }),
         );
       }
       // Killed while none is between reservation and placement (such an attempt would wait out
