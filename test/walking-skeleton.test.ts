@@ -56,6 +56,13 @@ describe("walking skeleton", () => {
       expect(job.result?.exitCode).toBe(0);
       expect(job.result?.stdout?.text).toBe("hello\n");
       expect(job.workerId).toBe("agent-1");
+      // A short job is reported in one go ("finished" alone); its history still shows it ran.
+      expect(job.history.map((h) => [JobState[h.to], h.actor])).toEqual(
+        expect.arrayContaining([
+          ["JOB_STATE_RUNNING", "agent:agent-1"],
+          ["JOB_STATE_SUCCEEDED", "agent:agent-1"],
+        ]),
+      );
       // The id is derived from the nominal instant, which is on the 2-second grid.
       const nominal = job.scheduledAt?.getTime() ?? NaN;
       expect(job.id).toBe(`hello.${nominal}`);

@@ -303,7 +303,12 @@ export class Agent {
           [Attr.exitCode]: result.exitCode,
           [Attr.outputBytes]: (result.stdout?.totalBytes ?? 0) + (result.stderr?.totalBytes ?? 0),
         });
-        reportStarted?.(); // still held back: goes out now, right before "finished"
+        // Still held back: "finished" says it all (its result carries the pid and start time, and
+        // the job-manager records RUNNING from it), so no separate event goes up for the start.
+        if (reportStarted) {
+          clearTimeout(startedTimer);
+          reportStarted = undefined;
+        }
         this.send({ ...base, event: { $case: "finished", value: { result } } });
         this.audit(assignment, started.plan, { result, traceId });
         this.options.log.debug({ job: jobId, attempt, exitCode: result.exitCode }, "attempt finished");

@@ -645,9 +645,20 @@ export class JobManager {
         const result = await offloadLargeOutput(e.value.result, event.jobId, event.attempt, this.options.outputs);
         return {
           freesSlot: true,
-          change: (job) => {
-            fence(job);
-            if (reportedEnd(job, event)) return undefined; // the same report, delivered again
+          change: (current) => {
+            fence(current);
+            if (reportedEnd(current, event)) return undefined; // the same report, delivered again
+            // An attempt that ended within the agent's report delay comes as "finished" alone:
+            // it ran (it has a pid), so its RUNNING is recorded first, from the result.
+            const job =
+              current.state === S.JOB_STATE_ASSIGNED && (result?.pid ?? 0) > 0
+                ? transition(current, S.JOB_STATE_RUNNING, {
+                    actor,
+                    at: this.clock(),
+                    reason: `running on ${event.workerId}`,
+                    patch: { startedAt: result?.startedAt ?? this.clock(), workerId: event.workerId },
+                  })
+                : current;
             const [to, reason] = outcome(result, job);
             const ended = transition(job, to, {
               actor,
