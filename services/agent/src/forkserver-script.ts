@@ -212,11 +212,11 @@ def fork_job(id, job, file, argv, env, cwd, uid, gid, fd0, fd1, fd2):
                     pass   # not root: keep the groups it has, as libuv does
                 what = "setuid %s" % uid.decode()
                 os.setuid(int(uid))
+            # Without a cwd it stays where this process is, the agent's directory (the spawn path
+            # always comes back there), with no access check as the job's user, as before a fork.
             if cwd:
                 what = "chdir %s" % cwd.decode(errors="replace")
                 os.chdir(cwd)
-            else:
-                os.fchdir(home)
             what = "exec %s" % file.decode(errors="replace")
             path = on_path(file, env)
             if path is None:
