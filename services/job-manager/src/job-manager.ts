@@ -556,20 +556,18 @@ export class JobManager {
               : this.prepareEvent(events[i]!).catch((err: unknown) => err as Error),
           ),
         );
-        // A finished attempt frees its slot on the agent now, before its write is acknowledged:
-        // the next queued job's reservation goes out with this write, not one round trip later.
-        // (Slots are the coordinator's to count; this only lets the throttled dispatch go on.)
-        const frees = steps.some((step) => !(step instanceof Error) && step.freesSlot);
-        if (frees) this.dispatcher.capacityFreed();
+        let freed = false;
         try {
           const job = await this.write(jobId, (current) => {
             let job = current;
+            freed = false;
             indexes.forEach((i, k) => {
               const step = steps[k]!;
               try {
                 if (step instanceof Error) throw step;
                 job = step.change(job) ?? job;
                 refusals[i] = "";
+                freed ||= step.freesSlot;
               } catch (err) {
                 refusals[i] = err instanceof Error ? err.message : String(err);
                 // Refused, never applied, but recorded on the job for people to see.
@@ -598,6 +596,7 @@ export class JobManager {
           }
           for (const i of indexes) refusals[i] ||= err instanceof Error ? err.message : String(err);
         }
+        if (freed) this.dispatcher.capacityFreed();
       }),
     );
     if (transient) throw transient;
