@@ -106,6 +106,17 @@ export function isServiceError(err: unknown): err is ServiceError {
   );
 }
 
+/**
+ * One item's status in a batch answer (SubmitJobs, PlaceJobs), for a refusal
+ * thrown while handling it: the same code and message the one-item call would
+ * answer with. `onInternal` sees an unexpected error (whose text is not sent).
+ */
+export function itemRefusal(err: unknown, onInternal?: (err: unknown) => void): { code: status; message: string } {
+  const refused = toServiceError(err);
+  if (refused.code === status.INTERNAL) onInternal?.(err);
+  return { code: refused.code, message: refused.details };
+}
+
 /** The domain error for a status a client received. */
 export function fromServiceError(err: ServiceError): AspenError {
   return errorForStatus(err.code, err.details || err.message, err);

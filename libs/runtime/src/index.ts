@@ -13,6 +13,7 @@ export {
   errorForStatus,
   fromServiceError,
   isRetryable,
+  itemRefusal,
   isServiceError,
   toServiceError,
 } from "./errors.js";

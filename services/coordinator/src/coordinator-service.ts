@@ -13,7 +13,7 @@ export function coordinatorService(coordinator: Coordinator): ServiceBinding<Coo
     matchWorkers: async (req) => ({ workers: coordinator.match(req.selector) }),
     placeJobs: async (req) => ({ results: await coordinator.placeMany(req.placements) }),
     placeJob: async (req) => {
-      const [result] = await coordinator.placeMany([req], "");
+      const [result] = await coordinator.placeMany([req], () => "");
       if (!result || result.code !== 0) throw errorForStatus(result?.code ?? status.INTERNAL, result?.message ?? "no result");
       return { workerId: result.workerId };
     },

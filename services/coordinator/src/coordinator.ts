@@ -10,7 +10,7 @@
  * the job-manager, which refuses and records it (the job has moved on).
  */
 import { performance } from "node:perf_hooks";
-import { status, type ServerDuplexStream } from "@grpc/grpc-js";
+import type { ServerDuplexStream } from "@grpc/grpc-js";
 import {
   PlacementStrategy,
   WorkerHealth,
@@ -32,6 +32,7 @@ import {
   contextFromTraceparent,
   FailedPreconditionError,
   InvalidArgumentError,
+  itemRefusal,
   msToDuration,
   NotFoundError,
   PermissionDeniedError,
@@ -337,7 +338,10 @@ export class Coordinator {
    * Places each attempt in order (PlaceJobs): one result per request, a refusal
    * (no match, no slot, bad input) standing for that attempt alone.
    */
-  async placeMany(requests: PlaceJobRequest[], fieldPrefix = "placements[i]."): Promise<PlaceJobResult[]> {
+  async placeMany(
+    requests: PlaceJobRequest[],
+    fieldOf: (i: number) => string = (i) => `placements[${i}].`,
+  ): Promise<PlaceJobResult[]> {
     if (requests.length > Limits.placementsPerCall) {
       throw new InvalidArgumentError("placements", `at most ${Limits.placementsPerCall} per call, got ${requests.length}`);
     }
@@ -347,14 +351,13 @@ export class Coordinator {
       const t0 = performance.now();
       try {
         results.push({
-          workerId: await this.place(request, fieldPrefix.replace("[i]", `[${i}]`), touched),
+          workerId: await this.place(request, fieldOf(i), touched),
           code: 0,
           message: "",
         });
       } catch (err) {
-        const refused = toServiceError(err);
-        if (refused.code === status.INTERNAL) this.log.error({ err, job: request.jobId }, "placement failed");
-        results.push({ workerId: "", code: refused.code, message: refused.details });
+        const onInternal = (e: unknown) => this.log.error({ err: e, job: request.jobId }, "placement failed");
+        results.push({ workerId: "", ...itemRefusal(err, onInternal) });
       } finally {
         this.options.onPlacement?.(performance.now() - t0);
       }

@@ -4,13 +4,12 @@
  * `redactJob` (secret values and sealed bytes never leave the service).
  */
 import { Job, JobServiceService, type ControlAuditRecord, type JobServiceServer } from "@aspen/proto";
-import { status } from "@grpc/grpc-js";
 import {
   bindService,
   durationToMs,
   InvalidArgumentError,
+  itemRefusal,
   principalOf,
-  toServiceError,
   type Logger,
   type ServiceBinding,
 } from "@aspen/runtime";
@@ -55,11 +54,10 @@ export function jobService(
               code: 0,
               message: "",
             }),
-            (err: unknown) => {
-              const refused = toServiceError(err);
-              if (refused.code === status.INTERNAL) log.error({ err, job: r.jobId }, "submission failed");
-              return { response: undefined, code: refused.code, message: refused.details };
-            },
+            (err: unknown) => ({
+              response: undefined,
+              ...itemRefusal(err, (e) => log.error({ err: e, job: r.jobId }, "submission failed")),
+            }),
           ),
         ),
       );
