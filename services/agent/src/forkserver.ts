@@ -165,7 +165,9 @@ class ForkedChild extends EventEmitter implements SpawnedChild {
 
   private stream(s: 1 | 2): RelayedStream {
     this.open++;
-    const readable = new RelayedStream((op) => this.server.send(`${op} ${this.id} ${s}\n`));
+    // Hold/resume/drop go out at once: a hold that waited for the turn's end would let more
+    // output pile up in the agent (the 1 GiB output test's memory bound caught it).
+    const readable = new RelayedStream((op) => this.server.send(`${op} ${this.id} ${s}\n`, undefined, true));
     readable.on("close", () => {
       this.open--;
       this.maybeClose();
@@ -275,11 +277,17 @@ export class ForkServer implements Spawner {
     this.children.delete(id);
   }
 
-  /** Queues a request; the requests of one event-loop turn go to the fork server in one write. */
-  send(header: string, payload?: Buffer): void {
+  /**
+   * Queues a request; the requests of one event-loop turn go to the fork server in one write.
+   * `now`: written at once (with what is queued before it, to keep the order).
+   */
+  send(header: string, payload?: Buffer, now = false): void {
     this.outgoing.push(Buffer.from(header));
     if (payload) this.outgoing.push(payload);
-    this.flushing ??= setImmediate(() => this.flush());
+    if (now) {
+      if (this.flushing) clearImmediate(this.flushing);
+      this.flush();
+    } else this.flushing ??= setImmediate(() => this.flush());
   }
 
   private flush(): void {
