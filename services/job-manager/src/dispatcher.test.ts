@@ -73,7 +73,7 @@ describe("dispatcher", () => {
     await d.close();
   });
 
-  it("opens again after retryDelayMs without a freed slot (a new worker may have joined)", async () => {
+  it("probes one job at a time every retryDelayMs without a freed slot (a new worker may have joined)", async () => {
     let capacity = 0;
     let calls = 0;
     const d = new Dispatcher(
@@ -81,16 +81,92 @@ describe("dispatcher", () => {
         calls++;
         return capacity-- > 0 ? "placed" : "no-capacity";
       },
-      { concurrency: 4, retryDelayMs: 1_000 },
+      { concurrency: 8, retryDelayMs: 1_000 },
     );
-    d.enqueue("a", Priority.PRIORITY_NORMAL);
+    for (const id of ["a", "b", "c", "d", "e"]) d.enqueue(id, Priority.PRIORITY_NORMAL);
     await settle();
-    expect(calls).toBe(1);
-    capacity = 1;
+    expect(calls).toBe(5); // the first burst, all refused
+    capacity = 3; // a worker with three free slots joins
     await vi.advanceTimersByTimeAsync(1_000);
-    expect(calls).toBe(2);
+    expect(calls).toBe(9); // probes one at a time: three taken, the fourth refused
+    expect(d.depth).toBe(2);
+    expect(d.claimDirect()).toBe(false); // still throttled
+    capacity = 10;
+    await vi.advanceTimersByTimeAsync(1_000);
+    expect(calls).toBe(11);
     expect(d.depth).toBe(0);
+    expect(d.claimDirect()).toBe(true); // nothing waits: open again
+    d.settleDirect("placed");
     await d.close();
+  });
+
+  it("keeps class order when the throttle window reopens just as a slot frees", async () => {
+    // One slot, busy. The coordinator answers in order; the running job ends while it is
+    // answering the 55th request: whichever job that is, the slot must go to the highest.
+    let calls = 0;
+    let busy = true;
+    const placed: string[] = [];
+    const d = new Dispatcher(
+      async (id) => {
+        const call = ++calls;
+        await Promise.resolve();
+        if (call === 55) busy = false;
+        if (busy) return "no-capacity";
+        busy = true;
+        placed.push(id);
+        return "placed";
+      },
+      { concurrency: 64, retryDelayMs: 1_000 },
+    );
+    const classes = [Priority.PRIORITY_LOW, Priority.PRIORITY_NORMAL, Priority.PRIORITY_HIGH, Priority.PRIORITY_CRITICAL];
+    for (let i = 0; i < 40; i++) d.enqueue(`${Priority[classes[i % 4]!]}-${i}`, classes[i % 4]!);
+    for (let s = 0; s < 30 && placed.length === 0; s++) await vi.advanceTimersByTimeAsync(1_000);
+    expect(placed).toEqual(["PRIORITY_CRITICAL-3"]);
+    await d.close();
+  });
+
+  it("hands one slot out strictly in order while jobs end at random moments", async () => {
+    // One slot. Reservations end in order, 0–1 ms apart; the coordinator answers what it is
+    // asked at once (one call) together and in order, 0–2 ms later; a placed job ends after
+    // 0–8 ms, and the job-manager hears of it 0–2 ms after the slot is free; a probe may go
+    // every 5 ms.
+    let seed = 7;
+    const rand = (n: number) => ((seed = (seed * 48271) % 2147483647) % n) as number;
+    const ticks = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+    for (let round = 0; round < 300; round++) {
+      let busy = true;
+      const placed: string[] = [];
+      let call: Promise<unknown> | undefined;
+      let reserved: Promise<unknown> = Promise.resolve();
+      const d: Dispatcher = new Dispatcher(
+        async (id, ready) => {
+          await (reserved = reserved.then(() => ticks(rand(2))));
+          await ready?.();
+          await (call ??= ticks(rand(3)).finally(() => (call = undefined)));
+          if (busy) return "no-capacity";
+          busy = true;
+          placed.push(id);
+          void ticks(rand(9)).then(async () => {
+            busy = false;
+            await ticks(rand(3));
+            d.capacityFreed();
+          });
+          return "placed";
+        },
+        { concurrency: 64, retryDelayMs: 5 },
+      );
+      const classes = [Priority.PRIORITY_LOW, Priority.PRIORITY_NORMAL, Priority.PRIORITY_HIGH, Priority.PRIORITY_CRITICAL];
+      const ids = Array.from({ length: 40 }, (_, i) => ({ id: `j${String(i).padStart(2, "0")}`, p: classes[(i * 7) % 4]! }));
+      d.enqueue(ids[0]!.id, ids[0]!.p);
+      await vi.advanceTimersByTimeAsync(4); // refused: the slot is busy, so dispatch is throttled
+      for (const { id, p } of ids.slice(1)) d.enqueue(id, p);
+      busy = false; // the blocker ends
+      d.capacityFreed();
+      for (let t = 0; t < 2000 && placed.length < 40; t++) await vi.advanceTimersByTimeAsync(1);
+      const expected = [...classes].reverse().flatMap((c) => ids.filter((j) => j.p === c).map((j) => j.id));
+      expect(placed).toEqual(expected);
+      await d.close();
+    }
   });
 
   it("lets a new job skip the queue only when that passes nobody", async () => {

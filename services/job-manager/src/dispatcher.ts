@@ -5,9 +5,14 @@
  *
  * Saturation: when a placement finds no free slot, the job goes back to its
  * place and dispatch is throttled — from then on one placement is allowed per
- * freed slot (a job finished), so a full cluster is not asked again and again.
- * `retryDelayMs` after throttling began, dispatch opens fully again once (a
- * new worker may have joined). A job no live worker matches is parked with
+ * freed slot (a job finished), so a full cluster is not asked again and again,
+ * and the slot goes to the job at the head of the line. Every `retryDelayMs`
+ * while throttled, the head of the line is sent as a probe (a new worker may
+ * have joined); a placed probe is followed by the next job, one at a time,
+ * until one is refused or nothing waits — then dispatch is open again. Probing
+ * one at a time keeps class order strict: a burst of placements could hand a
+ * slot that frees mid-burst to a lower job while a higher one was just refused.
+ * A job no live worker matches is parked with
  * the others of its group (its node selector): every `retryDelayMs` one of
  * them is tried again as a probe, and only when a worker takes it (or the
  * workers are merely full) does the whole group go back in line — 10,000
@@ -38,15 +43,20 @@ export class Dispatcher {
   private readonly probes = new Set<string>();
   private nextSeq = 0;
   private inFlight = 0;
-  /** Placements allowed while throttled; Infinity when not throttled. */
+  /** Placements allowed while throttled (freed slots); Infinity when not throttled. */
   private credits = Infinity;
+  /** Throttled: the head of the line may go as a capacity probe. */
+  private probeDue = false;
+  /** The capacity probe in flight, if any. */
+  private capacityProbe: string | undefined;
   private closed = false;
   private openTimer: NodeJS.Timeout | undefined;
   private parkedTimer: NodeJS.Timeout | undefined;
   private idleWaiters: Array<() => void> = [];
 
   constructor(
-    private readonly dispatchOne: (id: string) => Promise<DispatchOutcome>,
+    /** Places one job; `ready`, when given, is awaited once its attempt is reserved, just before it is placed. */
+    private readonly dispatchOne: (id: string, ready?: () => Promise<void>) => Promise<DispatchOutcome>,
     private readonly options: { concurrency: number; retryDelayMs: number; agingMs?: number; now?: () => number },
   ) {
     this.queue = new PriorityQueue(options.agingMs, options.now);
@@ -82,16 +92,52 @@ export class Dispatcher {
   }
 
   private pump(): void {
-    while (!this.closed && this.credits > 0 && this.inFlight < this.options.concurrency) {
-      const entry = this.queue.pop();
-      if (entry === undefined) break;
-      if (this.credits !== Infinity) this.credits--;
-      this.inFlight++;
-      void this.dispatchOne(entry.id)
-        .catch((): DispatchOutcome => "unavailable")
-        .then((outcome) => this.settle(entry, outcome))
-        .finally(() => this.slotDone());
+    if (this.closed) return;
+    if (this.credits === Infinity) {
+      while (this.inFlight < this.options.concurrency) {
+        const entry = this.queue.pop();
+        if (entry === undefined) return;
+        this.launch(entry);
+      }
+      return;
     }
+    // Throttled: jobs go in rounds, and a round waits until the last one is answered. A round is
+    // the head of the line, one job per slot known to be free (credits), or the head alone as a
+    // probe. Its placements leave in one call once all are reserved (`ready`), and the
+    // coordinator answers one call's placements in order with nothing in between, so no job
+    // gets a slot a job ahead of it was just refused. Credits can be stale (a probe may take a
+    // slot before the report of the job that freed it arrives), so a slot freeing between two
+    // calls could otherwise go to the later one: that is why a round is one call and rounds do
+    // not overlap.
+    if (this.inFlight > 0) return;
+    if (this.queue.size === 0) {
+      if (this.probeDue) this.open(); // nothing waits any more
+      return;
+    }
+    if (this.credits > 0) {
+      const round = new Round(Math.min(this.credits, this.queue.size, this.options.concurrency));
+      for (let i = 0; i < round.size; i++) {
+        this.credits--;
+        this.launch(this.queue.pop()!, round);
+      }
+    } else if (this.probeDue) {
+      const entry = this.queue.pop()!;
+      this.probeDue = false;
+      this.capacityProbe = entry.id;
+      this.launch(entry);
+    }
+  }
+
+  private launch(entry: QueueEntry, round?: Round): void {
+    this.inFlight++;
+    const member = round?.member();
+    void this.dispatchOne(entry.id, member?.ready)
+      .catch((): DispatchOutcome => "unavailable")
+      .then((outcome) => this.settle(entry, outcome))
+      .finally(() => {
+        member?.leave();
+        this.slotDone();
+      });
   }
 
   /**
@@ -121,6 +167,11 @@ export class Dispatcher {
   private settle(entry: QueueEntry, outcome: DispatchOutcome): void {
     const group = entry.group ?? "";
     const probe = this.probes.delete(entry.id);
+    if (this.capacityProbe === entry.id) {
+      this.capacityProbe = undefined;
+      // Taken (or not about capacity): the next in line probes; refused: wait for the next window.
+      if (outcome !== "no-capacity" && outcome !== "unavailable" && this.credits !== Infinity) this.probeDue = true;
+    }
     switch (outcome) {
       case "placed":
         this.entries.delete(entry.id);
@@ -168,14 +219,24 @@ export class Dispatcher {
     this.queue.push(entry);
   }
 
+  /** No free slot somewhere: one placement per freed slot, and a probe every retryDelayMs. */
   private throttle(): void {
-    if (this.credits !== Infinity || this.closed) return;
-    this.credits = 0;
+    if (this.closed) return;
+    if (this.credits === Infinity) this.credits = 0;
+    if (this.openTimer || this.capacityProbe !== undefined || this.probeDue) return;
     this.openTimer = setTimeout(() => {
-      this.credits = Infinity;
+      this.openTimer = undefined;
+      this.probeDue = true;
       this.pump();
     }, this.options.retryDelayMs);
     this.openTimer.unref();
+  }
+
+  private open(): void {
+    this.credits = Infinity;
+    this.probeDue = false;
+    clearTimeout(this.openTimer);
+    this.openTimer = undefined;
   }
 
   private armParkedRetry(): void {
@@ -194,5 +255,32 @@ export class Dispatcher {
     clearTimeout(this.openTimer);
     clearTimeout(this.parkedTimer);
     if (this.inFlight > 0) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+  }
+}
+
+/** The jobs of one throttled round: each waits (`ready`) until every other one is ready or gone. */
+class Round {
+  private pending: number;
+  private release!: () => void;
+  private readonly released = new Promise<void>((resolve) => (this.release = resolve));
+
+  constructor(readonly size: number) {
+    this.pending = size;
+  }
+
+  member(): { ready: () => Promise<void>; leave: () => void } {
+    let counted = false;
+    const leave = () => {
+      if (counted) return;
+      counted = true;
+      if (--this.pending === 0) this.release();
+    };
+    return {
+      ready: () => {
+        leave();
+        return this.released;
+      },
+      leave,
+    };
   }
 }

@@ -149,7 +149,7 @@ export class JobManager {
     this.log = options.log;
     this.takeoverMs = options.takeoverMs ?? 5000;
     this.replicaId = options.replicaId ?? "";
-    this.dispatcher = new Dispatcher((id) => this.dispatchOne(id), {
+    this.dispatcher = new Dispatcher((id, ready) => this.dispatchOne(id, ready), {
       concurrency: options.dispatchConcurrency,
       retryDelayMs: options.retryDelayMs,
       agingMs: options.agingMs,
@@ -720,8 +720,9 @@ export class JobManager {
    * Places the job's next attempt. The attempt number is reserved in the
    * record (QUEUED → ASSIGNED) before the coordinator is asked, so a crash
    * can never send the same attempt twice; a refused placement puts it back.
+   * `ready` (a throttled round) is awaited between the reservation and the placement.
    */
-  private async dispatchOne(id: string): Promise<DispatchOutcome> {
+  private async dispatchOne(id: string, ready?: () => Promise<void>): Promise<DispatchOutcome> {
     return this.serial.run(id, async () => {
       const current = this.index.get(id)?.value;
       if (!current || current.state !== S.JOB_STATE_QUEUED) return "gone";
@@ -744,6 +745,7 @@ export class JobManager {
           reserved = j.state === S.JOB_STATE_QUEUED && j.attempt === attempt - 1;
           return reserved ? assign(j, attempt, now) : undefined;
         });
+        if (reserved) await ready?.();
         return reserved;
       });
     });
