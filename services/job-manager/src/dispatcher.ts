@@ -6,13 +6,13 @@
  * Saturation: when a placement finds no free slot, the job goes back to its
  * place and dispatch is throttled — from then on one placement is allowed per
  * freed slot (a job finished), so a full cluster is not asked again and again,
- * and the slot goes to the job at the head of the line. Every `retryDelayMs`
- * while throttled, the head of the line is sent as a probe (a new worker may
- * have joined); a placed probe is followed by the next job, one at a time,
- * until one is refused or nothing waits — then dispatch is open again. Probing
- * one at a time keeps class order strict: a burst of placements could hand a
- * slot that frees mid-burst to a lower job while a higher one was just refused.
- * A job no live worker matches is parked with
+ * and the slots go to the jobs at the head of the line, in rounds (see pump).
+ * Every `retryDelayMs` while throttled, the head of the line is sent as a probe
+ * (a new worker may have joined); a placed probe is followed by the next job,
+ * one at a time, until one is refused or nothing waits — then dispatch is open
+ * again. Probing one at a time keeps class order strict: a burst of placements
+ * could hand a slot that frees mid-burst to a lower job while a higher one was
+ * just refused. A job no live worker matches is parked with
  * the others of its group (its node selector): every `retryDelayMs` one of
  * them is tried again as a probe, and only when a worker takes it (or the
  * workers are merely full) does the whole group go back in line — 10,000
