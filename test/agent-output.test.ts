@@ -115,7 +115,11 @@ describe("agent output", () => {
       `1 GiB job: ${seconds.toFixed(1)} s end to end (${(1024 / seconds).toFixed(0)} MiB/s); agent RSS before ${(rssBefore / 1024).toFixed(0)} MiB, ` +
         `peak before ${(hwmBefore / 1024).toFixed(0)} MiB, peak after ${(hwmAfter / 1024).toFixed(0)} MiB (growth ≤ ${growthMiB.toFixed(1)} MiB)`,
     );
-    expect(growthMiB).toBeLessThan(64);
+    // Bounded, not growing with the output: the queue is 4 MiB a stream, and dead Buffers
+    // (1 GiB of pipe reads, 1 GiB of chunk copies) are freed when V8 collects, which it
+    // does once external memory has grown by about 64 MiB — growth was 41–64 MiB in CI runs,
+    // so the bound sits above V8's step, far below the 1 GiB that keeping the output would take.
+    expect(growthMiB).toBeLessThan(96);
   }, 300_000);
 
   it("a follower attached mid-run sees every byte in order, and replay and `aspen job logs` give the same bytes", async () => {
