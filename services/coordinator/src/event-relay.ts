@@ -9,7 +9,12 @@ import { eventBytes, splitByBytes } from "@aspen/model";
 import type { Logger } from "@aspen/runtime";
 
 const MAX_BATCH = 1000;
-const MAX_BACKOFF_MS = 5_000;
+/**
+ * At most this long between tries. The job-manager declares an assignment lost once its
+ * store has worked for a whole ASPEN_ASSIGN_TIMEOUT without hearing the attempt start, so
+ * after an outage the held-up reports must arrive well within that (5 s in tests).
+ */
+const MAX_BACKOFF_MS = 1_000;
 
 export class EventRelay {
   private pending: Array<{ event: AttemptEvent; notHeld: boolean }> = [];
