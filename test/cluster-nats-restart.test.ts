@@ -62,7 +62,12 @@ describe("NATS restart", () => {
       expect(submitter.failedCalls()).toBeGreaterThan(0); // NATS really was gone for the client
       expect(new Set(streamed.map((j) => j.id))).toEqual(acked);
       for (const job of streamed) {
-        expect({ id: job.id, state: JobState[job.state] }).toEqual({ id: job.id, state: "JOB_STATE_SUCCEEDED" });
+        const ended = {
+          id: job.id,
+          state: JobState[job.state],
+          reason: job.state === JobState.JOB_STATE_SUCCEEDED ? "" : job.reason,
+        };
+        expect(ended).toEqual({ id: job.id, state: "JOB_STATE_SUCCEEDED", reason: "" });
         expect(job.history.filter((h) => h.to === JobState.JOB_STATE_RUNNING)).toHaveLength(1);
         expect(job.result?.stdout?.text).toBe(`${job.id}\n`);
       }
@@ -82,7 +87,13 @@ describe("NATS restart", () => {
       const span = (instants[instants.length - 1]! - instants[0]!) / 1000 + 1;
       expect(new Set(instants).size).toBe(instants.length);
       for (const job of ticks) {
-        expect(job.state).toBe(JobState.JOB_STATE_SUCCEEDED);
+        // The reason shows in a failure (e.g. LOST: "attempt 1 was not started within 5000 ms").
+        const ended = {
+          id: job.id,
+          state: JobState[job.state],
+          reason: job.state === JobState.JOB_STATE_SUCCEEDED ? "" : job.reason,
+        };
+        expect(ended).toEqual({ id: job.id, state: "JOB_STATE_SUCCEEDED", reason: "" });
         expect(job.history.filter((h) => h.to === JobState.JOB_STATE_RUNNING)).toHaveLength(1);
       }
       expect(instants.length + missed).toBe(span);

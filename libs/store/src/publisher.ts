@@ -44,6 +44,8 @@ interface Queued {
 }
 
 const SWEEP_MS = 1_000;
+/** A write unanswered this long means the store is in trouble now (a healthy one answers in ms). */
+const STALL_MS = 1_000;
 
 export class AckedPublisher {
   private inbox = "";
@@ -53,6 +55,9 @@ export class AckedPublisher {
   private flushing: NodeJS.Immediate | undefined;
   private readonly sweeper: NodeJS.Timeout;
   private next = 0;
+  private connected = true;
+  /** When the connection last came back (the end of the last outage). */
+  private reconnectedAtMs = -Infinity;
 
   constructor(
     private readonly nc: NatsConnection,
@@ -143,6 +148,28 @@ export class AckedPublisher {
       this.settle(token, undefined, new JetStreamPublishError(e.code ?? 0, e.err_code ?? 0, e.description ?? "publish refused"));
     } else if (typeof ack.seq === "number") this.settle(token, ack.seq);
     else this.settle(token, undefined, new UnavailableError("JetStream ack without a sequence"));
+  }
+
+  /** The connection's state, from nats.js status events (Store follows them). */
+  noteConnection(type: string): void {
+    if (type === "disconnect" || type === "reconnecting" || type === "staleConnection" || type === "forceReconnect") {
+      this.connected = false;
+    } else if (type === "reconnect") {
+      this.connected = true;
+      this.reconnectedAtMs = Date.now();
+    }
+  }
+
+  /**
+   * When writes last could not get through: `now` while the connection is down or a write
+   * has waited more than STALL_MS (its failure shows only at the timeout), else when the
+   * connection last came back. -Infinity: never. A write's own failure is its caller's to note.
+   */
+  troubleAtMs(now = Date.now()): number {
+    if (!this.connected) return now;
+    const oldest = this.pending.values().next().value; // a Map keeps insertion order
+    if (oldest && now - (oldest.deadline - this.timeoutMs) > STALL_MS) return now;
+    return this.reconnectedAtMs;
   }
 
   private settle(token: string, seq: number | undefined, err?: Error): void {

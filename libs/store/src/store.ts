@@ -101,6 +101,11 @@ export class Bucket<T> {
     private readonly log?: Logger,
   ) {}
 
+  /** When writes last could not get through (see AckedPublisher.troubleAtMs). */
+  troubleAtMs(now?: number): number {
+    return this.publisher.troubleAtMs(now);
+  }
+
   /** Writes the key if its last revision is `expected` (0: none), as nats.js's KV put with previousSeq. */
   private put(key: string, value: T, expected: number): Promise<number> {
     if (!validKey(key)) {
@@ -335,10 +340,14 @@ export class Store {
           // ~3.5 % of the job-manager's CPU; our logs say which call failed.
           noAsyncTraces: true,
         });
+        const store = new Store(nc, options);
         void (async () => {
-          for await (const s of nc.status()) options.log.info({ nats: s.type }, "nats connection status");
+          for await (const s of nc.status()) {
+            options.log.info({ nats: s.type }, "nats connection status");
+            store.publisher.noteConnection(s.type);
+          }
         })();
-        return new Store(nc, options);
+        return store;
       } catch (err) {
         if (Date.now() > deadline)
           throw new UnavailableError(`cannot reach NATS at ${options.servers.join(",")}`, { cause: err });

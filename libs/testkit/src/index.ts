@@ -76,6 +76,8 @@ export interface NatsServer extends AsyncDisposable {
   url: string;
   port: number;
   storeDir: string;
+  /** The running server's process id (SIGSTOP it to make it hang). */
+  pid(): number | undefined;
   /** SIGKILL the server (store kept) — for crash tests. */
   kill(): Promise<void>;
   /** Start it again on the same port and store. */
@@ -140,6 +142,7 @@ export async function startNats(options: { config?: string } = {}): Promise<Nats
     get port() {
       return port;
     },
+    pid: () => child.pid,
     storeDir,
     kill,
     restart: launch,
@@ -616,7 +619,6 @@ export interface NatsClusterNode extends NatsServer {
   name: string;
   /** Monitoring port (/healthz, /jsz). */
   httpPort: number;
-  pid(): number | undefined;
 }
 
 export interface NatsCluster extends AsyncDisposable {

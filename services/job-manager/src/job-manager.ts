@@ -935,17 +935,26 @@ export class JobManager {
 
   // ---- maintenance ------------------------------------------------------
 
+  /**
+   * While our store had trouble, start reports could not be written either: an
+   * assignment is declared lost only after a whole timeout of a working store. Trouble
+   * is a write that failed, the connection being down (or back only lately), or a write
+   * waiting too long — the last shows at once, where its failure would show only at the
+   * write's own timeout, and a LOST write made meanwhile would go out on reconnect.
+   */
+  private storeTroubled(now: number): boolean {
+    return now - Math.max(this.storeTroubleAtMs, this.options.jobs.troubleAtMs()) < this.options.assignTimeoutMs;
+  }
+
   /** Declares never-started assignments lost and applies retention. Runs every maintenanceIntervalMs. */
   private async maintain(): Promise<void> {
     const now = this.clock().getTime();
     const jobs = [...this.index.values()].map((e) => e.value);
-    // While our own store was failing, start reports could not be written either:
-    // an assignment is declared lost only after a whole timeout of a working store.
-    const stuck =
-      now - this.storeTroubleAtMs < this.options.assignTimeoutMs ? [] : stuckAssignments(jobs, now, this.options.assignTimeoutMs);
+    const stuck = this.storeTroubled(now) ? [] : stuckAssignments(jobs, now, this.options.assignTimeoutMs);
     for (const job of stuck) {
       await this.write(job.id, (j) =>
-        j.state === S.JOB_STATE_ASSIGNED && j.attempt === job.attempt
+        // Checked again: the write may have waited for the job's lock while trouble began.
+        j.state === S.JOB_STATE_ASSIGNED && j.attempt === job.attempt && !this.storeTroubled(this.clock().getTime())
           ? this.afterFailure(
               transition(j, S.JOB_STATE_LOST, {
                 actor: "job-manager",
