@@ -943,7 +943,7 @@ export class JobManager {
    * write's own timeout, and a LOST write made meanwhile would go out on reconnect.
    */
   private storeTroubled(now: number): boolean {
-    return now - Math.max(this.storeTroubleAtMs, this.options.jobs.troubleAtMs()) < this.options.assignTimeoutMs;
+    return now - Math.max(this.storeTroubleAtMs, this.options.jobs.troubleAtMs(now)) < this.options.assignTimeoutMs;
   }
 
   /** Declares never-started assignments lost and applies retention. Runs every maintenanceIntervalMs. */
