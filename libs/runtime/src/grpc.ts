@@ -64,8 +64,9 @@ const channelOptions: ChannelOptions = {
  */
 const clientChannelOptions: ChannelOptions = {
   ...channelOptions,
-  // A peer that is down is tried again within 2 s, not after grpc's default backoff, which
-  // grows to 2 min: a restarted service (or one slow to start) is reached as soon as it listens.
+  // A peer that is down is tried again within about 2 s (2 s ± grpc's 20 % jitter), not after
+  // grpc's default backoff, which grows to 2 min: a restarted service (or one slow to start)
+  // is reached soon after it listens.
   "grpc.initial_reconnect_backoff_ms": 200,
   "grpc.max_reconnect_backoff_ms": 2_000,
   "grpc.service_config": JSON.stringify({ loadBalancingConfig: [{ round_robin: {} }] }),

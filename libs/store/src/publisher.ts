@@ -58,6 +58,8 @@ export class AckedPublisher {
   private connected = true;
   /** When the connection last came back (the end of the last outage). */
   private reconnectedAtMs = -Infinity;
+  /** When a write last went unanswered (timed out, or its reply subscription failed). */
+  private failedAtMs = -Infinity;
 
   constructor(
     private readonly nc: NatsConnection,
@@ -162,14 +164,15 @@ export class AckedPublisher {
 
   /**
    * When writes last could not get through: `now` while the connection is down or a write
-   * has waited more than STALL_MS (its failure shows only at the timeout), else when the
-   * connection last came back. -Infinity: never. A write's own failure is its caller's to note.
+   * has waited more than STALL_MS (its failure shows only at the timeout), else the later of
+   * when the connection last came back and when a write last went unanswered. -Infinity: never.
+   * A refusal (e.g. a compare-and-set that lost) is an answer, not trouble.
    */
   troubleAtMs(now = Date.now()): number {
     if (!this.connected) return now;
     const oldest = this.pending.values().next().value; // a Map keeps insertion order
     if (oldest && now - (oldest.deadline - this.timeoutMs) > STALL_MS) return now;
-    return this.reconnectedAtMs;
+    return Math.max(this.reconnectedAtMs, this.failedAtMs);
   }
 
   private settle(token: string, seq: number | undefined, err?: Error): void {
@@ -183,12 +186,15 @@ export class AckedPublisher {
   private sweep(): void {
     const now = Date.now();
     for (const [token, p] of this.pending) {
-      if (p.deadline <= now)
+      if (p.deadline <= now) {
+        this.failedAtMs = now;
         this.settle(token, undefined, new UnavailableError(`JetStream did not acknowledge a write within ${this.timeoutMs} ms`));
+      }
     }
   }
 
   private failAll(err: Error): void {
+    if (this.pending.size > 0) this.failedAtMs = Date.now();
     for (const token of [...this.pending.keys()]) this.settle(token, undefined, err);
     // A queued write not yet handed over is failed too (the loop above covered it); drop it.
     this.queued = [];

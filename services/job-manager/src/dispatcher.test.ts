@@ -73,7 +73,7 @@ describe("dispatcher", () => {
     await d.close();
   });
 
-  it("probes one job at a time every retryDelayMs without a freed slot (a new worker may have joined)", async () => {
+  it("probes every retryDelayMs without a freed slot (a new worker may have joined), twice as wide while all are taken", async () => {
     let capacity = 0;
     let calls = 0;
     const d = new Dispatcher(
@@ -88,12 +88,12 @@ describe("dispatcher", () => {
     expect(calls).toBe(5); // the first burst, all refused
     capacity = 3; // a worker with three free slots joins
     await vi.advanceTimersByTimeAsync(1_000);
-    expect(calls).toBe(9); // probes one at a time: three taken, the fourth refused
+    expect(calls).toBe(10); // probes 1, then 2 (all taken), then the last 2: refused
     expect(d.depth).toBe(2);
     expect(d.claimDirect()).toBe(false); // still throttled
     capacity = 10;
     await vi.advanceTimersByTimeAsync(1_000);
-    expect(calls).toBe(11);
+    expect(calls).toBe(12); // 1, then the last one
     expect(d.depth).toBe(0);
     expect(d.claimDirect()).toBe(true); // nothing waits: open again
     d.settleDirect("placed");
@@ -167,6 +167,38 @@ describe("dispatcher", () => {
       expect(placed).toEqual(expected);
       await d.close();
     }
+  });
+
+  it("fills a worker that joins while throttled, even as finished jobs keep freeing slots", async () => {
+    // Each placement takes 5 ms, each job 50 ms: a freed slot arrives during every round, so a
+    // probe that waited for a round without credits would never go.
+    const ticks = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+    let slots = 50;
+    let running = 0;
+    const d: Dispatcher = new Dispatcher(
+      async (_id, ready) => {
+        await ticks(2); // the reservation
+        await ready?.();
+        await ticks(3); // the placement call
+        if (running >= slots) return "no-capacity";
+        running++;
+        void ticks(50).then(() => {
+          running--;
+          d.capacityFreed();
+        });
+        return "placed";
+      },
+      { concurrency: 64, retryDelayMs: 1_000 },
+    );
+    for (let i = 0; i < 20_000; i++) d.enqueue(`j${i}`, Priority.PRIORITY_NORMAL);
+    await vi.advanceTimersByTimeAsync(500); // full: throttled
+    expect(d.claimDirect()).toBe(false);
+    slots = 500; // a big worker joins
+    await vi.advanceTimersByTimeAsync(2_000); // one probe window, then rounds of doubling probes
+    expect(running).toBeGreaterThan(400);
+    await vi.advanceTimersByTimeAsync(5_000);
+    expect(d.depth).toBe(0);
+    await d.close();
   });
 
   it("lets a new job skip the queue only when that passes nobody", async () => {

@@ -7,12 +7,12 @@
  * place and dispatch is throttled — from then on one placement is allowed per
  * freed slot (a job finished), so a full cluster is not asked again and again,
  * and the slots go to the jobs at the head of the line, in rounds (see pump).
- * Every `retryDelayMs` while throttled, the head of the line is sent as a probe
- * (a new worker may have joined); a placed probe is followed by the next job,
- * one at a time, until one is refused or nothing waits — then dispatch is open
- * again. Probing one at a time keeps class order strict: a burst of placements
- * could hand a slot that frees mid-burst to a lower job while a higher one was
- * just refused. A job no live worker matches is parked with
+ * Every `retryDelayMs` while throttled, the next round carries a probe at its
+ * end (a new worker may have joined): when every probe of a round is placed,
+ * the next round carries twice as many, until one is refused (the window starts
+ * again) or nothing waits (dispatch is open again). Probes ride at the end of a
+ * round because a separate burst could hand a slot that frees mid-burst to a
+ * lower job while a higher one was just refused. A job no live worker matches is parked with
  * the others of its group (its node selector): every `retryDelayMs` one of
  * them is tried again as a probe, and only when a worker takes it (or the
  * workers are merely full) does the whole group go back in line — 10,000
@@ -45,10 +45,12 @@ export class Dispatcher {
   private inFlight = 0;
   /** Placements allowed while throttled (freed slots); Infinity when not throttled. */
   private credits = Infinity;
-  /** Throttled: the head of the line may go as a capacity probe. */
+  /** Throttled: the next round carries `probeWidth` capacity probes at its end. */
   private probeDue = false;
-  /** The capacity probe in flight, if any. */
-  private capacityProbe: string | undefined;
+  private probeWidth = 1;
+  /** The capacity probes in flight, and whether one of them was refused. */
+  private readonly capacityProbes = new Set<string>();
+  private probeRefused = false;
   private closed = false;
   private openTimer: NodeJS.Timeout | undefined;
   private parkedTimer: NodeJS.Timeout | undefined;
@@ -102,8 +104,8 @@ export class Dispatcher {
       return;
     }
     // Throttled: jobs go in rounds, and a round waits until the last one is answered. A round is
-    // the head of the line, one job per slot known to be free (credits), or the head alone as a
-    // probe. Its placements leave in one call once all are reserved (`ready`), and the
+    // the head of the line: one job per slot known to be free (credits), then the probes when
+    // they are due. Its placements leave in one call once all are reserved (`ready`), and the
     // coordinator answers one call's placements in order with nothing in between, so no job
     // gets a slot a job ahead of it was just refused. Credits can be stale (a probe may take a
     // slot before the report of the job that freed it arrives), so a slot freeing between two
@@ -114,17 +116,20 @@ export class Dispatcher {
       if (this.probeDue) this.open(); // nothing waits any more
       return;
     }
-    if (this.credits > 0) {
-      const round = new Round(Math.min(this.credits, this.queue.size, this.options.concurrency));
-      for (let i = 0; i < round.size; i++) {
-        this.credits--;
-        this.launch(this.queue.pop()!, round);
-      }
-    } else if (this.probeDue) {
-      const entry = this.queue.pop()!;
+    const paid = Math.min(this.credits, this.queue.size, this.options.concurrency);
+    const probes = this.probeDue ? Math.min(this.probeWidth, this.queue.size - paid, this.options.concurrency - paid) : 0;
+    if (paid + probes === 0) return;
+    const round = new Round(paid + probes);
+    this.credits -= paid;
+    for (let i = 0; i < paid; i++) this.launch(this.queue.pop()!, round);
+    if (probes > 0) {
       this.probeDue = false;
-      this.capacityProbe = entry.id;
-      this.launch(entry);
+      this.probeRefused = false;
+      for (let i = 0; i < probes; i++) {
+        const entry = this.queue.pop()!;
+        this.capacityProbes.add(entry.id);
+        this.launch(entry, round);
+      }
     }
   }
 
@@ -167,10 +172,19 @@ export class Dispatcher {
   private settle(entry: QueueEntry, outcome: DispatchOutcome): void {
     const group = entry.group ?? "";
     const probe = this.probes.delete(entry.id);
-    if (this.capacityProbe === entry.id) {
-      this.capacityProbe = undefined;
-      // Taken (or not about capacity): the next in line probes; refused: wait for the next window.
-      if (outcome !== "no-capacity" && outcome !== "unavailable" && this.credits !== Infinity) this.probeDue = true;
+    if (this.capacityProbes.delete(entry.id)) {
+      if (outcome === "no-capacity" || outcome === "unavailable") this.probeRefused = true;
+      if (this.capacityProbes.size === 0 && this.credits !== Infinity) {
+        // All taken (or not about capacity): the next round probes twice as wide; one refused:
+        // the window starts again (throttle, below or now).
+        if (this.probeRefused) {
+          this.probeWidth = 1;
+          this.armProbeTimer();
+        } else {
+          this.probeWidth = Math.min(this.probeWidth * 2, this.options.concurrency);
+          this.probeDue = true;
+        }
+      }
     }
     switch (outcome) {
       case "placed":
@@ -223,7 +237,12 @@ export class Dispatcher {
   private throttle(): void {
     if (this.closed) return;
     if (this.credits === Infinity) this.credits = 0;
-    if (this.openTimer || this.capacityProbe !== undefined || this.probeDue) return;
+    this.armProbeTimer();
+  }
+
+  /** The next probe window, unless one is armed, due, or its probes are still out. */
+  private armProbeTimer(): void {
+    if (this.closed || this.openTimer || this.capacityProbes.size > 0 || this.probeDue) return;
     this.openTimer = setTimeout(() => {
       this.openTimer = undefined;
       this.probeDue = true;
@@ -235,6 +254,7 @@ export class Dispatcher {
   private open(): void {
     this.credits = Infinity;
     this.probeDue = false;
+    this.probeWidth = 1;
     clearTimeout(this.openTimer);
     this.openTimer = undefined;
   }
