@@ -10,7 +10,8 @@
  * Every `retryDelayMs` while throttled, the next round carries a probe at its
  * end (a new worker may have joined): when every probe of a round is placed,
  * the next round carries twice as many, until one is refused (the window starts
- * again) or nothing waits (dispatch is open again). Probes ride at the end of a
+ * again) or nothing waits (dispatch is open again; also once a slot was freed
+ * while nothing waited). Probes ride at the end of a
  * round because a separate burst could hand a slot that frees mid-burst to a
  * lower job while a higher one was just refused. A job no live worker matches is parked with
  * the others of its group (its node selector): every `retryDelayMs` one of
@@ -113,7 +114,10 @@ export class Dispatcher {
     // not overlap.
     if (this.inFlight > 0) return;
     if (this.queue.size === 0) {
-      if (this.probeDue) this.open(); // nothing waits any more
+      // Nothing waits, nothing is out, and a slot was freed (or a probe is due): no order left
+      // to keep. Open, so the next burst goes at once (a refusal throttles again) rather than
+      // slot by slot on counts that may be stale.
+      if (this.credits > 0 || this.probeDue) this.open();
       return;
     }
     const paid = Math.min(this.credits, this.queue.size, this.options.concurrency);
