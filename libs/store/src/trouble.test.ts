@@ -17,6 +17,17 @@ describe("Bucket.troubleAtMs", () => {
   let n = 0;
   // A create goes straight to the publisher (an upsert would first read, and hang there).
   const write = () => bucket.create(`k${n++}`, Schedule.fromPartial({ id: "k" }));
+  const writesGetThrough = (timeoutMs: number) =>
+    waitFor(
+      "writes to get through",
+      () =>
+        write().then(
+          () => true,
+          () => false,
+        ),
+      timeoutMs,
+      100,
+    );
 
   beforeAll(async () => {
     nats = await startNats();
@@ -52,16 +63,7 @@ describe("Bucket.troubleAtMs", () => {
     } finally {
       process.kill(nats.pid()!, "SIGCONT");
     }
-    await waitFor(
-      "writes to get through",
-      () =>
-        write().then(
-          () => true,
-          () => false,
-        ),
-      10_000,
-      100,
-    );
+    await writesGetThrough(10_000);
   }, 20_000);
 
   it("is now while NATS is down, then the moment the connection came back", async () => {
@@ -73,16 +75,7 @@ describe("Bucket.troubleAtMs", () => {
     const later = Date.now();
     expect(bucket.troubleAtMs(later)).toBe(later); // still down
     await nats.restart();
-    await waitFor(
-      "writes to get through",
-      () =>
-        write().then(
-          () => true,
-          () => false,
-        ),
-      20_000,
-      100,
-    );
+    await writesGetThrough(20_000);
     const back = bucket.troubleAtMs();
     expect(back).toBeGreaterThan(later);
     await sleep(200);

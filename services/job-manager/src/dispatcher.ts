@@ -11,13 +11,15 @@
  * end (a new worker may have joined): when every probe of a round is placed,
  * the next round carries twice as many, until one is refused (the window starts
  * again) or nothing waits (dispatch is open again; also once a slot was freed
- * while nothing waited). Probes ride at the end of a
- * round because a separate burst could hand a slot that frees mid-burst to a
- * lower job while a higher one was just refused. A job no live worker matches is parked with
- * the others of its group (its node selector): every `retryDelayMs` one of
- * them is tried again as a probe, and only when a worker takes it (or the
- * workers are merely full) does the whole group go back in line — 10,000
- * jobs for a missing capability cost one placement a second, not 10,000.
+ * while nothing waited). Probes ride at the end of a round because a separate
+ * burst could hand a slot that frees mid-burst to a lower job while a higher
+ * one was just refused.
+ *
+ * A job no live worker matches is parked with the others of its group (its
+ * node selector): every `retryDelayMs` one of them is tried again as a probe,
+ * and only when a worker takes it (or the workers are merely full) does the
+ * whole group go back in line — 10,000 jobs for a missing capability cost one
+ * placement a second, not 10,000.
  * Event-driven: no polling while idle.
  *
  * Direct placement: a job just submitted may skip the queue (`claimDirect`)
