@@ -26,7 +26,8 @@
  *   BENCH_IN_FLIGHT=64        SubmitJob calls in flight at once
  *   BENCH_RATE=0              submit at this steady rate (jobs/s) instead of a burst; then
  *                             submit→start p99 is compared with the steady-load target
- *   BENCH_WARMUP=64           jobs run (and waited for) before the measured run; 0 for none
+ *   BENCH_WARMUP=2000         jobs run (and waited for) before the measured run; 0 for none. Enough
+ *                             that V8 has optimized the hot paths of every process (see bench/README.md)
  *   BENCH_CEILING_BEFORE=1    0 skips the ceiling run before the cluster starts
  *   BENCH_TIMEOUT_MS          give up waiting for the jobs after this long (default max(120 s, N × 40 ms))
  *   BENCH_SHOW_LOGS=1         also print every warn/error line the services logged
@@ -67,7 +68,7 @@ const JOBS = intEnv("BENCH_JOBS", 5000, 1);
 const IN_FLIGHT = intEnv("BENCH_IN_FLIGHT", 64, 1);
 /** Jobs per second for a paced (steady) run; 0 = submit as fast as IN_FLIGHT allows. */
 const RATE = intEnv("BENCH_RATE", 0, 0);
-const WARMUP = intEnv("BENCH_WARMUP", 64, 0);
+const WARMUP = intEnv("BENCH_WARMUP", 2000, 0);
 const CEILING_BEFORE = process.env.BENCH_CEILING_BEFORE !== "0";
 const TIMEOUT_MS = intEnv("BENCH_TIMEOUT_MS", Math.max(120_000, JOBS * 40), 1000);
 const SHOW_LOGS = process.env.BENCH_SHOW_LOGS === "1";

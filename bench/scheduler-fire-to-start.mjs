@@ -6,8 +6,15 @@
  * missed and doubled, with the targets.
  *
  *   node bench/scheduler-fire-to-start.mjs      (needs a build: npm run build)
- * Env: BENCH_SCHEDULES (200), BENCH_SECONDS (30), BENCH_SLOTS (16 per agent).
+ * Env: BENCH_SCHEDULES (200), BENCH_SECONDS (30), BENCH_SLOTS (16 per agent),
+ * BENCH_WARMUP_SECONDS (10).
  * Targets: p99 ≤ 400 ms (the spawn capacity of 2 cores bounds this), no fire missed, none doubled.
+ *
+ * The schedules fire for BENCH_WARMUP_SECONDS before the measured BENCH_SECONDS. The latency
+ * figures cover the measured window only: they describe a running cluster, not one whose
+ * processes V8 is still optimizing (in the first seconds the per-second median was ~190 ms,
+ * falling to ~110 ms after 20 s). The warm-up's own figures are printed beside them.
+ * Missed and doubled fires are counted over both.
  */
 import { CreateScheduleRequest, JobServiceClient, JobState, ListJobsRequest, SchedulerServiceClient } from "@aspen/proto";
 import { createClient, unaryCall } from "@aspen/runtime";
@@ -18,6 +25,7 @@ const SECONDS = Number(process.env.BENCH_SECONDS ?? 30);
 const TARGET_P99_MS = 400;
 /** Slots per agent: 16 by default; a burst of 200 then runs in ~7 waves of 32. */
 const SLOTS = Number(process.env.BENCH_SLOTS ?? 16);
+const WARMUP_SECONDS = Number(process.env.BENCH_WARMUP_SECONDS ?? 10);
 
 const cluster = await startCluster({ agents: 2, slots: SLOTS, env: { ASPEN_LOG_LEVEL: "info" } });
 const scheduler = createClient(SchedulerServiceClient, cluster.addr.scheduler);
@@ -36,13 +44,14 @@ try {
       ),
     ),
   );
-  await sleep(SECONDS * 1000);
+  await sleep((WARMUP_SECONDS + SECONDS) * 1000);
   await Promise.all(
     ids.map((scheduleId) => unaryCall(scheduler.pauseSchedule.bind(scheduler), { scheduleId, note: "bench done" })),
   );
   await sleep(3000); // let the last fires finish
 
   const lags = [];
+  const warmupLags = [];
   // Where the time goes, from the job records: instant → submitted (the job-manager's clock when it
   // created the record), submitted → assigned (queue), assigned → process start (placement and spawn).
   const parts = { submit: [], queue: [], start: [] };
@@ -53,14 +62,23 @@ try {
   // The scheduler's share: SubmitJob acknowledged − instant (GetSchedule's mean and max fire lag).
   const ackMeans = [];
   let ackMax = 0;
+  const runs = new Map();
   for (const scheduleId of ids) {
     const list = (await unaryCall(jobs.listJobs.bind(jobs), ListJobsRequest.fromPartial({ scheduleId, pageSize: 1000 }))).jobs;
+    runs.set(scheduleId, list);
+  }
+  // The measured window starts WARMUP_SECONDS after the first instant any schedule fired.
+  const firstInstant = Math.min(...[...runs.values()].flat().map((j) => j.scheduledAt.getTime()));
+  const measuredFrom = firstInstant + WARMUP_SECONDS * 1000;
+  for (const scheduleId of ids) {
+    const list = runs.get(scheduleId);
     const instants = list.map((j) => j.scheduledAt.getTime()).sort((a, b) => a - b);
     if (new Set(instants).size !== instants.length) doubled += instants.length - new Set(instants).size;
     for (let i = 1; i < instants.length; i++) missedGaps += Math.round((instants[i] - instants[i - 1]) / 1000) - 1;
     for (const j of list) {
       if (j.history.filter((h) => h.to === JobState.JOB_STATE_RUNNING).length > 1) doubled++;
       if (j.state !== JobState.JOB_STATE_SUCCEEDED) notSucceeded++;
+      else if (j.scheduledAt.getTime() < measuredFrom) warmupLags.push(j.startedAt.getTime() - j.scheduledAt.getTime());
       else {
         lags.push(j.startedAt.getTime() - j.scheduledAt.getTime());
         parts.submit.push(j.submittedAt.getTime() - j.scheduledAt.getTime());
@@ -75,14 +93,18 @@ try {
     ackMax = Math.max(ackMax, ms(s.status?.maxFireLag));
   }
   lags.sort((a, b) => a - b);
+  warmupLags.sort((a, b) => a - b);
   const p = (q) => lags[Math.min(lags.length - 1, Math.floor(q * lags.length))];
+  const pw = (q) => warmupLags[Math.min(warmupLags.length - 1, Math.floor(q * warmupLags.length))];
   console.log(
-    `=== scheduler (c): ${SCHEDULES} schedules * * * * * * for ${SECONDS} s, /bin/true on 2 agents × ${SLOTS} slots ===`,
+    `=== scheduler (c): ${SCHEDULES} schedules * * * * * * for ${SECONDS} s after ${WARMUP_SECONDS} s of warm-up, /bin/true on 2 agents × ${SLOTS} slots ===`,
   );
-  console.log(`fires run:        ${lags.length} (${notSucceeded} not SUCCEEDED)`);
+  console.log(`fires run:        ${lags.length} measured + ${warmupLags.length} in the warm-up (${notSucceeded} not SUCCEEDED)`);
   console.log(
     `instant → start:  p50 ${p(0.5)} ms   p99 ${p(0.99)} ms   max ${lags.at(-1)} ms   target p99 ≤ ${TARGET_P99_MS} ms → ${p(0.99) <= TARGET_P99_MS ? "met" : "NOT met"}`,
   );
+  if (warmupLags.length > 0)
+    console.log(`  warm-up (first ${WARMUP_SECONDS} s, not in the figure above): p50 ${pw(0.5)} ms   p99 ${pw(0.99)} ms   max ${warmupLags.at(-1)} ms`);
   console.log(
     `missed:           ${missedGaps} gaps between fires, ${missedCounted} counted missed by the scheduler   target 0 → ${missedGaps + missedCounted === 0 ? "met" : "NOT met"}`,
   );
@@ -93,7 +115,7 @@ try {
       `→ assigned ${q(parts.queue, 0.5)}/${q(parts.queue, 0.99)} ms, → process start ${q(parts.start, 0.5)}/${q(parts.start, 0.99)} ms`,
   );
   console.log(
-    `scheduler share:  instant → SubmitJob acknowledged mean ${(ackMeans.reduce((a, b) => a + b, 0) / Math.max(1, ackMeans.length)).toFixed(0)} ms, max ${ackMax.toFixed(0)} ms`,
+    `scheduler share:  instant → SubmitJob acknowledged (warm-up included) mean ${(ackMeans.reduce((a, b) => a + b, 0) / Math.max(1, ackMeans.length)).toFixed(0)} ms, max ${ackMax.toFixed(0)} ms`,
   );
 } finally {
   scheduler.close();
