@@ -58,6 +58,7 @@ import {
 } from "@aspen/model";
 import type { Bucket, ObjectBucket, Versioned } from "@aspen/store";
 import { Dispatcher, type DispatchOutcome } from "./dispatcher.js";
+import { pageOfJobs } from "./job-page.js";
 import { KeyedSerial } from "./keyed-serial.js";
 import { expiredJobs, queuedSince, stuckAssignments, type RetentionPolicy } from "./maintenance.js";
 import { offloadLargeOutput } from "./output.js";
@@ -379,30 +380,19 @@ export class JobManager {
     const tags = Object.entries(request.tags);
     const after = request.submittedAfter?.getTime() ?? -Infinity;
     const before = request.submittedBefore?.getTime() ?? Infinity;
-    const jobs = [...this.index.values()]
-      .map((e) => e.value)
-      .filter((j) => {
-        const submitted = j.submittedAt?.getTime() ?? 0;
-        return (
-          (states.size === 0 || states.has(j.state)) &&
-          (!request.scheduleId || j.scheduleId === request.scheduleId) &&
-          (!request.workerId || j.workerId === request.workerId) &&
-          tags.every(([k, v]) => j.spec?.tags[k] === v) &&
-          submitted >= after &&
-          submitted < before
-        );
-      })
-      .sort(newestFirst);
-    let start = 0;
-    if (request.pageToken) {
-      const at = jobs.findIndex((j) => j.id === request.pageToken);
-      if (at < 0) throw new InvalidArgumentError("page_token", "unknown or expired token");
-      start = at + 1;
-    }
-    const size = request.pageSize || DEFAULT_PAGE;
-    const page = jobs.slice(start, start + size);
-    const last = page[page.length - 1];
-    return { jobs: page, nextPageToken: start + size < jobs.length && last ? last.id : "" };
+    const matches = (j: Job) => {
+      const submitted = j.submittedAt?.getTime() ?? 0;
+      return (
+        (states.size === 0 || states.has(j.state)) &&
+        (!request.scheduleId || j.scheduleId === request.scheduleId) &&
+        (!request.workerId || j.workerId === request.workerId) &&
+        tags.every(([k, v]) => j.spec?.tags[k] === v) &&
+        submitted >= after &&
+        submitted < before
+      );
+    };
+    const jobs = Array.from(this.index.values(), (entry) => entry.value);
+    return pageOfJobs(jobs, matches, request.pageSize || DEFAULT_PAGE, request.pageToken);
   }
 
   /** The job once terminal, or as it is when `waitMs` or `signal` runs out. */
@@ -1092,11 +1082,6 @@ function waitReason(spec: JobSpec, notBefore: Date | undefined, children: number
   if ((spec.placement?.fanOut ?? 0) !== 0) return `fan-out: waiting for ${children} job(s), one per worker`;
   if (spec.dependsOn.length > 0) return `waiting for ${spec.dependsOn.join(", ")}`;
   return `waiting until ${notBefore?.toISOString()}`;
-}
-
-function newestFirst(a: Job, b: Job): number {
-  const d = (b.submittedAt?.getTime() ?? 0) - (a.submittedAt?.getTime() ?? 0);
-  return d !== 0 ? d : a.id < b.id ? 1 : a.id > b.id ? -1 : 0;
 }
 
 /** The end state and the human reason for a finished attempt. */
