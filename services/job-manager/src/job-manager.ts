@@ -140,7 +140,10 @@ export class JobManager {
   private readonly replicaId: string;
   private maintenanceTimer: NodeJS.Timeout | undefined;
   private stopFollowing: (() => void) | undefined;
-  /** When a write to the store last failed for a reason other than a lost race, ms. */
+  /**
+   * When a write to the store last failed for a reason other than a lost race, or when this
+   * process started (ms): either way, reports may be held up for a while.
+   */
   private storeTroubleAtMs = -Infinity;
   private closed = false;
 
@@ -175,6 +178,10 @@ export class JobManager {
     for (const entry of byQueueTime) this.react(entry.value);
     const queued = all.filter((e) => e.value.state === S.JOB_STATE_QUEUED).length;
     this.log.info({ jobs: all.length, queued }, "job index loaded");
+    // Reports that came while this process was down wait in the coordinator, which sends them
+    // again (at most 1 s apart). An assignment is declared lost only once this process has
+    // itself waited a whole assign timeout for its start report, as after a store outage.
+    this.storeTroubleAtMs = this.clock().getTime();
     this.maintenanceTimer = setInterval(() => void this.maintain(), this.options.maintenanceIntervalMs);
     this.maintenanceTimer.unref();
   }
