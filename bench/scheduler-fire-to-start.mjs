@@ -104,7 +104,9 @@ try {
     `instant → start:  p50 ${p(0.5)} ms   p99 ${p(0.99)} ms   max ${lags.at(-1)} ms   target p99 ≤ ${TARGET_P99_MS} ms → ${p(0.99) <= TARGET_P99_MS ? "met" : "NOT met"}`,
   );
   if (warmupLags.length > 0)
-    console.log(`  warm-up (first ${WARMUP_SECONDS} s, not in the figure above): p50 ${pw(0.5)} ms   p99 ${pw(0.99)} ms   max ${warmupLags.at(-1)} ms`);
+    console.log(
+      `  warm-up (first ${WARMUP_SECONDS} s, not in the figure above): p50 ${pw(0.5)} ms   p99 ${pw(0.99)} ms   max ${warmupLags.at(-1)} ms`,
+    );
   console.log(
     `missed:           ${missedGaps} gaps between fires, ${missedCounted} counted missed by the scheduler   target 0 → ${missedGaps + missedCounted === 0 ? "met" : "NOT met"}`,
   );

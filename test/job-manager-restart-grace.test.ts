@@ -29,7 +29,12 @@ describe("job-manager restart", () => {
         spec: {
           exec: { command: "sleep", args: ["5"] },
           // A LOST verdict would start it again: the run twice this test must not see.
-          retry: { kind: RetryPolicy_Kind.KIND_FIXED, maxAttempts: 3, delay: { seconds: 0, nanos: 100_000_000 }, retryOnLost: true },
+          retry: {
+            kind: RetryPolicy_Kind.KIND_FIXED,
+            maxAttempts: 3,
+            delay: { seconds: 0, nanos: 100_000_000 },
+            retryOnLost: true,
+          },
         },
       }),
     );

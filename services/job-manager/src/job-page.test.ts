@@ -54,25 +54,42 @@ describe("pageOfJobs", () => {
     const first = pageOfJobs(jobs, queued, 10, "");
     expect(first.jobs.map((j) => j.id).at(-1)).toBe("j20");
     // The last job of the page got placed, and the one before it was removed.
-    const moved = jobs.map((j) => (j.id === "j20" ? { ...j, state: JobState.JOB_STATE_ASSIGNED } : j)).filter((j) => j.id !== "j21");
+    const moved = jobs
+      .map((j) => (j.id === "j20" ? { ...j, state: JobState.JOB_STATE_ASSIGNED } : j))
+      .filter((j) => j.id !== "j21");
     const second = pageOfJobs(moved, queued, 10, first.nextPageToken);
     expect(second.jobs.map((j) => j.id)).toEqual(["j19", "j18", "j17", "j16", "j15", "j14", "j13", "j12", "j11", "j10"]);
   });
 
   it("matches a full sort for random indexes, filters and page sizes", () => {
     let seed = 7;
-    const random = () => ((seed = (seed * 1_103_515_245 + 12_345) % 2 ** 31) / 2 ** 31);
+    const random = () => (seed = (seed * 1_103_515_245 + 12_345) % 2 ** 31) / 2 ** 31;
     for (let trial = 0; trial < 200; trial++) {
       const n = Math.floor(random() * 120);
       const jobs = Array.from({ length: n }, (_, i) => job(`id-${Math.floor(random() * 1e6)}-${i}`, Math.floor(random() * 20)));
       const size = 1 + Math.floor(random() * 15);
       const keep = random() < 0.5 ? () => true : (j: Job) => j.id.charCodeAt(j.id.length - 1) % 2 === 0;
-      expect(allPages(jobs, size, keep).flat().map((j) => j.id)).toEqual(jobs.filter(keep).sort(newestFirst).map((j) => j.id));
+      expect(
+        allPages(jobs, size, keep)
+          .flat()
+          .map((j) => j.id),
+      ).toEqual(
+        jobs
+          .filter(keep)
+          .sort(newestFirst)
+          .map((j) => j.id),
+      );
     }
   });
 
   it("refuses a token it did not issue, naming page_token", () => {
-    for (const token of ["j12", "c1.", "c1.!!!", `c1.${Buffer.from("x\nid").toString("base64url")}`, `c1.${Buffer.from("12\n").toString("base64url")}`]) {
+    for (const token of [
+      "j12",
+      "c1.",
+      "c1.!!!",
+      `c1.${Buffer.from("x\nid").toString("base64url")}`,
+      `c1.${Buffer.from("12\n").toString("base64url")}`,
+    ]) {
       let thrown: unknown;
       try {
         pageOfJobs([job("a", 1)], () => true, 10, token);
