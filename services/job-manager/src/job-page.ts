@@ -4,8 +4,8 @@
  * id), so the next page starts right after it even when that job has since
  * left the filter (a QUEUED job got placed) or was removed by retention. A
  * token that was the last job's id instead failed the next page with
- * "unknown or expired token" whenever that happened, which on a busy queue is
- * most of the time.
+ * "unknown or expired token" whenever that happened, as it easily does while
+ * paging through a busy queue.
  */
 import type { Job } from "@aspen/proto";
 import { InvalidArgumentError } from "@aspen/runtime";
@@ -23,19 +23,15 @@ export function newestFirst(a: Job, b: Job): number {
   return d !== 0 ? d : a.id < b.id ? 1 : a.id > b.id ? -1 : 0;
 }
 
-function keyOf(job: Job): Cursor {
-  return { submittedMs: job.submittedAt?.getTime() ?? 0, id: job.id };
-}
-
 /** Whether `job` sorts after the cursor (newest first), i.e. belongs to a later page. */
 function afterCursor(job: Job, cursor: Cursor): boolean {
   const submittedMs = job.submittedAt?.getTime() ?? 0;
   return submittedMs < cursor.submittedMs || (submittedMs === cursor.submittedMs && job.id < cursor.id);
 }
 
-export function encodePageToken(job: Job): string {
-  const { submittedMs, id } = keyOf(job);
-  return TOKEN_PREFIX + Buffer.from(`${submittedMs}\n${id}`).toString("base64url");
+function encodePageToken(job: Job): string {
+  const submittedMs = job.submittedAt?.getTime() ?? 0;
+  return TOKEN_PREFIX + Buffer.from(`${submittedMs}\n${job.id}`).toString("base64url");
 }
 
 function decodePageToken(token: string): Cursor {
