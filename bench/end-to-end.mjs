@@ -634,7 +634,7 @@ async function main() {
     const warm = await submitAll(cluster.jobs, WARMUP, "warmup");
     if (warm.failures.length > 0)
       throw new Error(`warm-up: ${warm.failures.length} submissions failed, first: ${warm.failures[0]}`);
-    await waitAllTerminal(cluster.jobs, WARMUP, 60_000);
+    await waitAllTerminal(cluster.jobs, WARMUP, Math.max(120_000, WARMUP * 40));
     log(`warm-up: ${WARMUP} jobs done`);
   }
 

@@ -229,7 +229,7 @@ async function lagRun(label, n, target) {
     const line =
       `${label}: ${warmup}fires ${firedCount}/${expectedAll} expected (warm-up included; the schedules' fire_count), missed ${missed}; ` +
       `lag (window: ${all.count} fires) p50 ${all.pct(50)} ms, ` +
-      `p99 ${all.pct(99)} ms, max ${maxLag} ms; first third p99 ${first.pct(99)} ms, last third p99 ${last.pct(99)} ms; ` +
+      `p99 ${all.pct(99)} ms, max (whole run, warm-up included) ${maxLag} ms; first third p99 ${first.pct(99)} ms, last third p99 ${last.pct(99)} ms; ` +
       `scheduler RSS ${rssMb(sched.pid)} MB; CPU per fire: scheduler ${perFire("scheduler")} ms, ` +
       `job-manager ${perFire("jobManager")} ms, nats-server ${perFire("nats")} ms — target ${target}`;
     console.log(line);

@@ -7,7 +7,8 @@
  *
  *   node bench/scheduler-fire-to-start.mjs      (needs a build: npm run build)
  * Env: BENCH_SCHEDULES (200), BENCH_SECONDS (30), BENCH_SLOTS (16 per agent),
- * BENCH_WARMUP_SECONDS (10).
+ * BENCH_WARMUP_SECONDS (10). Jobs are read back one page of 1,000 per schedule, so
+ * BENCH_WARMUP_SECONDS + BENCH_SECONDS must stay under 1,000.
  * Targets: p99 ≤ 400 ms (the spawn capacity of 2 cores bounds this), no fire missed, none doubled.
  *
  * The schedules fire for BENCH_WARMUP_SECONDS before the measured BENCH_SECONDS. The latency

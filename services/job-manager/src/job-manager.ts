@@ -179,8 +179,10 @@ export class JobManager {
     const queued = all.filter((e) => e.value.state === S.JOB_STATE_QUEUED).length;
     this.log.info({ jobs: all.length, queued }, "job index loaded");
     // Reports that came while this process was down wait in the coordinator, which sends them
-    // again (at most 1 s apart). An assignment is declared lost only once this process has
-    // itself waited a whole assign timeout for its start report, as after a store outage.
+    // again once it reaches this process (its relay retries at most 1 s apart; the channel's
+    // reconnect backoff is at most 2 s ± 20 %). An assignment is declared lost only once this
+    // process has itself waited a whole assign timeout for its start report, as after a store
+    // outage.
     this.storeTroubleAtMs = this.clock().getTime();
     this.maintenanceTimer = setInterval(() => void this.maintain(), this.options.maintenanceIntervalMs);
     this.maintenanceTimer.unref();
@@ -380,7 +382,7 @@ export class JobManager {
     return entry.value;
   }
 
-  /** Newest first. The page token is the last id of the previous page. */
+  /** Newest first. The page token is a cursor (job-page.ts). */
   list(request: ListJobsRequest): ListJobsResponse {
     if (request.pageSize > MAX_PAGE) throw new InvalidArgumentError("page_size", `must be at most ${MAX_PAGE}`);
     const states = new Set(request.states);
@@ -399,7 +401,7 @@ export class JobManager {
       );
     };
     const jobs = Array.from(this.index.values(), (entry) => entry.value);
-    return pageOfJobs(jobs, matches, request.pageSize || DEFAULT_PAGE, request.pageToken);
+    return pageOfJobs(jobs, matches, request.pageSize || DEFAULT_PAGE, request.pageToken, (id) => this.index.get(id)?.value);
   }
 
   /** The job once terminal, or as it is when `waitMs` or `signal` runs out. */

@@ -82,6 +82,14 @@ describe("pageOfJobs", () => {
     }
   });
 
+  it("pages on from a token of the version before cursors (the last job's id) while that job exists", () => {
+    const jobs = Array.from({ length: 30 }, (_, i) => job(`j${String(i).padStart(2, "0")}`, i));
+    const byId = (id: string) => jobs.find((j) => j.id === id);
+    const next = pageOfJobs(jobs, () => true, 5, "j20", byId);
+    expect(next.jobs.map((j) => j.id)).toEqual(["j19", "j18", "j17", "j16", "j15"]);
+    expect(() => pageOfJobs(jobs, () => true, 5, "gone", byId)).toThrow(InvalidArgumentError);
+  });
+
   it("refuses a token it did not issue, naming page_token", () => {
     for (const token of [
       "j12",

@@ -34,9 +34,14 @@ function encodePageToken(job: Job): string {
   return TOKEN_PREFIX + Buffer.from(`${submittedMs}\n${job.id}`).toString("base64url");
 }
 
-function decodePageToken(token: string): Cursor {
+function decodePageToken(token: string, byId?: (id: string) => Job | undefined): Cursor {
   const bad = () => new InvalidArgumentError("page_token", "not a token this service issued (pass next_page_token as it came)");
-  if (!token.startsWith(TOKEN_PREFIX)) throw bad();
+  if (!token.startsWith(TOKEN_PREFIX)) {
+    // During a rolling upgrade a client may page through replicas of both versions.
+    const job = byId?.(token);
+    if (!job) throw bad();
+    return { submittedMs: job.submittedAt?.getTime() ?? 0, id: job.id };
+  }
   const text = Buffer.from(token.slice(TOKEN_PREFIX.length), "base64url").toString();
   const nl = text.indexOf("\n");
   const submittedMs = Number(text.slice(0, nl));
@@ -53,8 +58,10 @@ export function pageOfJobs(
   matches: (job: Job) => boolean,
   size: number,
   pageToken: string,
+  /** A job by id: a token from a version before cursors (the last job's id) still pages on while that job exists. */
+  byId?: (id: string) => Job | undefined,
 ): { jobs: Job[]; nextPageToken: string } {
-  const cursor = pageToken ? decodePageToken(pageToken) : undefined;
+  const cursor = pageToken ? decodePageToken(pageToken, byId) : undefined;
   const sorted: Job[] = [];
   for (const job of jobs) if ((!cursor || afterCursor(job, cursor)) && matches(job)) sorted.push(job);
   sorted.sort(newestFirst);
