@@ -23,15 +23,20 @@ export function newestFirst(a: Job, b: Job): number {
   return d !== 0 ? d : a.id < b.id ? 1 : a.id > b.id ? -1 : 0;
 }
 
+function cursorOf(job: Job): Cursor {
+  return { submittedMs: job.submittedAt?.getTime() ?? 0, id: job.id };
+}
+
 /** Whether `job` sorts after the cursor (newest first), i.e. belongs to a later page. */
 function afterCursor(job: Job, cursor: Cursor): boolean {
+  // Runs once per indexed job per call: no cursor object built here.
   const submittedMs = job.submittedAt?.getTime() ?? 0;
   return submittedMs < cursor.submittedMs || (submittedMs === cursor.submittedMs && job.id < cursor.id);
 }
 
 function encodePageToken(job: Job): string {
-  const submittedMs = job.submittedAt?.getTime() ?? 0;
-  return TOKEN_PREFIX + Buffer.from(`${submittedMs}\n${job.id}`).toString("base64url");
+  const { submittedMs, id } = cursorOf(job);
+  return TOKEN_PREFIX + Buffer.from(`${submittedMs}\n${id}`).toString("base64url");
 }
 
 function decodePageToken(token: string, byId?: (id: string) => Job | undefined): Cursor {
@@ -40,7 +45,7 @@ function decodePageToken(token: string, byId?: (id: string) => Job | undefined):
     // During a rolling upgrade a client may page through replicas of both versions.
     const job = byId?.(token);
     if (!job) throw bad();
-    return { submittedMs: job.submittedAt?.getTime() ?? 0, id: job.id };
+    return cursorOf(job);
   }
   const text = Buffer.from(token.slice(TOKEN_PREFIX.length), "base64url").toString();
   const nl = text.indexOf("\n");
