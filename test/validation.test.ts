@@ -104,6 +104,11 @@ describe("input validation", () => {
     expect(badTrace.message).toMatch(/^traceparent:/);
     const missing = await refusal(unaryCall(jobs.getJob.bind(jobs), { jobId: "nope" }));
     expect(missing.code).toBe(status.NOT_FOUND);
+    // An id no job can have (no valid store key either) is refused naming it, not failed as INTERNAL.
+    for (const jobId of ["a..b", "with space", "x*"]) {
+      const malformed = await refusal(unaryCall(jobs.getJob.bind(jobs), { jobId }));
+      expect([malformed.code, malformed.message.split(":")[0]]).toEqual([status.INVALID_ARGUMENT, "job_id"]);
+    }
   });
 
   it("SubmitJobs answers each submission on its own, and refuses a batch over the limit naming requests", async () => {

@@ -125,7 +125,8 @@ function tolerantDefinition(definition: ServiceDefinition): ServiceDefinition {
   return out;
 }
 
-function checkDecoded(request: unknown): void {
+/** Throws INVALID_ARGUMENT (field `request`) for a message that did not decode (each message of a stream is checked by its handler). */
+export function checkDecoded(request: unknown): void {
   if (request && typeof request === "object" && UNDECODABLE in request) {
     throw new InvalidArgumentError(
       "request",
@@ -138,6 +139,31 @@ function checkDecoded(request: unknown): void {
 export function principalOf(call: object): Principal | undefined {
   return principals.get(call);
 }
+
+const closingSignals = new WeakMap<object, AbortSignal>();
+
+/**
+ * Aborted when the server serving this bidi call starts to close (after it
+ * stops taking new calls): a long-lived stream that can end early ends then,
+ * rather than hold the shutdown until its grace runs out.
+ */
+export function serverClosingOf(call: object): AbortSignal | undefined {
+  return closingSignals.get(call);
+}
+
+type Refusal = { code: status; message: string };
+const streamAudits = new WeakMap<object, (request: unknown, answer: unknown, refusal: Refusal | undefined) => void>();
+
+/**
+ * Records one request of a bidi stream in the control audit trail (as a unary
+ * call of the same method would be): its answer (a batch: one record per item)
+ * or, when refused as a whole, `refusal`. Nothing when the call is not audited.
+ */
+export function auditStreamRequest(call: object, request: unknown, answer: unknown, refusal?: Refusal): void {
+  streamAudits.get(call)?.(request, answer, refusal);
+}
+
+const outcomeOf = (code: status, message: string) => `${status[code] ?? code}: ${message}`;
 
 /** One state-changing call, for the control audit trail. */
 export interface ControlAuditEntry {
@@ -176,6 +202,7 @@ function adapt(
   log: Logger,
   security: SecurityConfig,
   audit: ((entry: ControlAuditEntry) => void) | undefined,
+  closing: AbortSignal,
 ): UntypedServiceImplementation {
   const out: UntypedServiceImplementation = {};
   for (const [key, method] of Object.entries(definition)) {
@@ -209,7 +236,7 @@ function adapt(
     // State-changing calls (and refusals of them) go to the control audit trail.
     const permission = permissionFor(methodName);
     const audited = audit && (permission === "operate" || permission === "admin");
-    const record = (call: ServerUnaryCall<unknown, unknown>, outcome: string, target = targetOf(call.request)) => {
+    const record = (call: object, outcome: string, target: string) => {
       const who = principals.get(call);
       audit?.({
         at: new Date(),
@@ -221,13 +248,13 @@ function adapt(
       });
     };
     // A batch (SubmitJobs): one record per item, with that item's own outcome.
-    const recordAnswer = (call: ServerUnaryCall<unknown, unknown>, res: unknown) => {
-      const items = (call.request as { requests?: unknown }).requests;
+    const recordAnswer = (call: object, request: unknown, res: unknown) => {
+      const items = (request as { requests?: unknown } | undefined)?.requests;
       const results = (res as { results?: Array<{ code?: number; message?: string }> } | undefined)?.results;
-      if (!Array.isArray(items) || !Array.isArray(results) || items.length !== results.length) return record(call, "OK");
-      results.forEach((r, i) =>
-        record(call, !r.code ? "OK" : `${status[r.code] ?? r.code}: ${r.message ?? ""}`, targetOf(items[i])),
-      );
+      if (!Array.isArray(items) || !Array.isArray(results) || items.length !== results.length) {
+        return record(call, "OK", targetOf(request));
+      }
+      results.forEach((r, i) => record(call, !r.code ? "OK" : outcomeOf(r.code, r.message ?? ""), targetOf(items[i])));
     };
     if (!method.requestStream && !method.responseStream) {
       out[key] = ((call: ServerUnaryCall<unknown, unknown>, callback: (e: unknown, r?: unknown) => void) => {
@@ -237,12 +264,12 @@ function adapt(
           return handler(call.request, call) as Promise<unknown>;
         }).then(
           (res) => {
-            if (audited) recordAnswer(call, res);
+            if (audited) recordAnswer(call, call.request, res);
             callback(null, res);
           },
           (err) => {
             const mapped = report(err);
-            if (audited) record(call, `${status[mapped.code] ?? mapped.code}: ${mapped.details}`);
+            if (audited) record(call, outcomeOf(mapped.code, mapped.details), targetOf(call.request));
             callback(mapped);
           },
         );
@@ -261,11 +288,21 @@ function adapt(
       }) as handleServerStreamingCall<unknown, unknown>;
     } else {
       out[key] = ((call: ServerDuplexStream<unknown, unknown>) => {
+        closingSignals.set(call, closing);
+        if (audited) {
+          streamAudits.set(call, (request, answer, refusal) =>
+            refusal === undefined
+              ? recordAnswer(call, request, answer)
+              : record(call, outcomeOf(refusal.code, refusal.message), targetOf(request)),
+          );
+        }
         try {
           admit(call);
           handler(call);
         } catch (err) {
-          call.emit("error", report(err));
+          const mapped = report(err);
+          if (audited) record(call, outcomeOf(mapped.code, mapped.details), "");
+          call.emit("error", mapped);
         }
       }) as handleBidiStreamingCall<unknown, unknown>;
     }
@@ -303,6 +340,8 @@ export class GrpcServer {
   readonly health: HealthImplementation;
   private readonly server = new Server(channelOptions);
   private closing: Promise<void> | undefined;
+  /** Aborted once close() has begun (serverClosingOf). */
+  private readonly closingSignal = new AbortController();
   port = 0;
 
   private readonly security: SecurityConfig;
@@ -318,7 +357,15 @@ export class GrpcServer {
     for (const svc of options.services) {
       this.server.addService(
         tolerantDefinition(svc.definition),
-        adapt(svc.name, svc.definition, svc.implementation as Record<string, never>, options.log, this.security, options.audit),
+        adapt(
+          svc.name,
+          svc.definition,
+          svc.implementation as Record<string, never>,
+          options.log,
+          this.security,
+          options.audit,
+          this.closingSignal.signal,
+        ),
       );
       statuses[svc.name] = "SERVING";
     }
@@ -363,6 +410,8 @@ export class GrpcServer {
         clearTimeout(force);
         resolve();
       });
+      // After tryShutdown: no new call is taken, so a stream ending now is not reopened here.
+      this.closingSignal.abort();
     });
     return this.closing;
   }

@@ -39,11 +39,14 @@ export {
   type TelemetryOptions,
 } from "./telemetry.js";
 export {
+  auditStreamRequest,
   bindService,
+  checkDecoded,
   createClient,
   GrpcServer,
   MAX_MESSAGE_BYTES,
   principalOf,
+  serverClosingOf,
   unaryCall,
   type AsyncService,
   type GrpcServerOptions,

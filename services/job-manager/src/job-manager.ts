@@ -377,6 +377,8 @@ export class JobManager {
 
   async get(id: string): Promise<Job> {
     if (!id) throw new InvalidArgumentError("job_id", "required");
+    // No job has it, and it is no valid store key (which would fail as INTERNAL there).
+    if (!JOB_ID.test(id)) throw new InvalidArgumentError("job_id", `not a job id (${JOB_ID})`);
     const entry = await this.options.jobs.get(id);
     if (!entry) throw new NotFoundError("job", id);
     return entry.value;

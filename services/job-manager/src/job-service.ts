@@ -3,7 +3,14 @@
  * here, decisions in JobManager. Every Job in an answer goes through
  * `redactJob` (secret values and sealed bytes never leave the service).
  */
-import { Job, JobServiceService, type ControlAuditRecord, type JobServiceServer } from "@aspen/proto";
+import {
+  Job,
+  JobServiceService,
+  type ControlAuditRecord,
+  type JobServiceServer,
+  type SubmitJobsRequest,
+  type SubmitJobsResponse,
+} from "@aspen/proto";
 import {
   bindService,
   durationToMs,
@@ -17,6 +24,7 @@ import { isTerminal, Limits, redactJob } from "@aspen/model";
 import type { AppendOnlyLog } from "@aspen/store";
 import type { JobManager } from "./job-manager.js";
 import { outputStreamHandlers } from "./output-stream.js";
+import { serveSubmitStream } from "./submit-stream.js";
 
 const MAX_CONTROL_AUDIT = 1000;
 
@@ -25,6 +33,31 @@ export function jobService(
   controlAudit: AppendOnlyLog<ControlAuditRecord>,
   log: Logger,
 ): ServiceBinding<JobServiceServer> {
+  /** SubmitJobs: each item submitted on its own, as SubmitJob would (also each batch of SubmitJobStream). */
+  const submitBatch = async (req: SubmitJobsRequest, caller: string | undefined): Promise<SubmitJobsResponse> => {
+    if (req.requests.length > Limits.submissionsPerCall) {
+      throw new InvalidArgumentError("requests", `at most ${Limits.submissionsPerCall} per call, got ${req.requests.length}`);
+    }
+    const results = await Promise.all(
+      req.requests.map((r) =>
+        jobs.submit(r, caller).then(
+          (res) => ({
+            response: {
+              created: res.created,
+              job: req.brief ? Job.fromPartial({ id: res.job?.id }) : res.job && redactJob(res.job),
+            },
+            code: 0,
+            message: "",
+          }),
+          (err: unknown) => ({
+            response: undefined,
+            ...itemRefusal(err, (e) => log.error({ err: e, job: r.jobId }, "submission failed")),
+          }),
+        ),
+      ),
+    );
+    return { results };
+  };
   return bindService<JobServiceServer>("aspen.v1.JobService", JobServiceService, {
     listControlAudit: async (req) => {
       if (req.limit > MAX_CONTROL_AUDIT) throw new InvalidArgumentError("limit", `must be at most ${MAX_CONTROL_AUDIT}`);
@@ -38,30 +71,10 @@ export function jobService(
       const res = await jobs.submit(req, principalOf(call)?.name);
       return { ...res, job: res.job && redactJob(res.job) };
     },
-    submitJobs: async (req, call) => {
-      if (req.requests.length > Limits.submissionsPerCall) {
-        throw new InvalidArgumentError("requests", `at most ${Limits.submissionsPerCall} per call, got ${req.requests.length}`);
-      }
+    submitJobs: async (req, call) => submitBatch(req, principalOf(call)?.name),
+    submitJobStream: (call) => {
       const caller = principalOf(call)?.name;
-      const results = await Promise.all(
-        req.requests.map((r) =>
-          jobs.submit(r, caller).then(
-            (res) => ({
-              response: {
-                created: res.created,
-                job: req.brief ? Job.fromPartial({ id: res.job?.id }) : res.job && redactJob(res.job),
-              },
-              code: 0,
-              message: "",
-            }),
-            (err: unknown) => ({
-              response: undefined,
-              ...itemRefusal(err, (e) => log.error({ err: e, job: r.jobId }, "submission failed")),
-            }),
-          ),
-        ),
-      );
-      return { results };
+      serveSubmitStream(call, (batch) => submitBatch(batch, caller), log);
     },
     getJob: async (req) => redactJob(await jobs.get(req.jobId)),
     listJobs: async (req) => {

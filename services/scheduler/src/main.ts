@@ -25,6 +25,7 @@ import { loadSchedulerConfig } from "./config.js";
 import { Lease } from "./lease.js";
 import { createMetrics } from "./metrics.js";
 import { Scheduler } from "./scheduler.js";
+import { SubmitStream } from "./submit-stream.js";
 import { schedulerService } from "./scheduler-service.js";
 
 const log = createLogger("scheduler");
@@ -34,10 +35,11 @@ await runMain(log, async () => {
   const { replicaId, telemetry, store, audit } = await openControlService("scheduler", config, log);
   const jobManager = createClient(JobServiceClient, config.ASPEN_JOB_MANAGER_ADDR);
   const sealer = controlPlaneSealer(config.ASPEN_SECRETS_PUBLIC_KEY_FILE, log);
-  // The fires of one event-loop turn (schedules due at the same instant) go to the job-manager in one SubmitJobs call.
+  const submitStream = new SubmitStream(jobManager, { log });
+  // The fires of one event-loop turn (schedules due at the same instant) go to the job-manager in one batch.
   const submissions = new TurnBatcher<SubmitJobRequest, SubmitJobResponse>(
     async (requests) => {
-      const { results } = await unaryCall(jobManager.submitJobs.bind(jobManager), { requests, brief: true });
+      const { results } = await submitStream.submit({ requests, brief: true });
       return results.map((r) => (r.code === 0 && r.response ? r.response : errorForStatus(r.code, r.message)));
     },
     {
@@ -107,6 +109,7 @@ await runMain(log, async () => {
         ["grpc server", () => server.close()],
         ["lease", () => lease.close()],
         ["timers", () => scheduler.close()],
+        ["submit stream", () => submitStream.close()],
         ["job-manager client", () => jobManager.close()],
         ["nats", () => store.close()],
         ["telemetry", () => telemetry.shutdown()],

@@ -1,0 +1,76 @@
+/**
+ * SubmitJobStream, the job-manager's side: SubmitJobs batches arriving on one
+ * long-lived stream, each answered with its batch_id as soon as it is done
+ * (batches run side by side, as separate unary calls would).
+ */
+import type { ServerDuplexStream } from "@grpc/grpc-js";
+import type { SubmitJobsRequest, SubmitJobsResponse, SubmitJobStreamRequest, SubmitJobStreamResponse } from "@aspen/proto";
+import { auditStreamRequest, checkDecoded, itemRefusal, serverClosingOf, toServiceError, type Logger } from "@aspen/runtime";
+
+/**
+ * Batches of one stream in progress at once; past it the stream is not read
+ * (HTTP/2 flow control then holds the client back). The scheduler has far
+ * fewer in flight (ASPEN_MAX_CONCURRENT_FIRES items, batched).
+ */
+export const MAX_BATCHES_IN_FLIGHT = 64;
+
+/**
+ * Serves one stream until the client ends its side (or the server closes):
+ * every batch taken is answered before the stream ends with OK. A message
+ * that does not decode ends it with INVALID_ARGUMENT (its batch_id is unknown).
+ */
+export function serveSubmitStream(
+  call: ServerDuplexStream<SubmitJobStreamRequest, SubmitJobStreamResponse>,
+  submitBatch: (batch: SubmitJobsRequest) => Promise<SubmitJobsResponse>,
+  log: Logger,
+): void {
+  let inFlight = 0;
+  let draining = false; // taking no more batches: the client ended its side, or the server is closing
+  let done = false;
+  const closing = serverClosingOf(call);
+  const finish = (): void => {
+    if (done || !draining || inFlight > 0) return;
+    done = true;
+    closing?.removeEventListener("abort", drain);
+    call.end();
+  };
+  const drain = (): void => {
+    draining = true;
+    finish();
+  };
+  closing?.addEventListener("abort", drain, { once: true });
+  call.on("cancelled", () => {
+    done = true;
+    closing?.removeEventListener("abort", drain);
+  });
+  call.on("error", (err) => log.debug({ err: err.message }, "submit stream failed"));
+  call.on("end", drain);
+  call.on("data", (message: SubmitJobStreamRequest) => {
+    if (draining) return; // after a drain began: not taken, and never answered (the client sends it again)
+    try {
+      checkDecoded(message);
+    } catch (err) {
+      done = draining = true;
+      closing?.removeEventListener("abort", drain);
+      call.emit("error", toServiceError(err));
+      return;
+    }
+    const batch = message.batch ?? { requests: [], brief: false };
+    inFlight++;
+    if (inFlight >= MAX_BATCHES_IN_FLIGHT) call.pause();
+    submitBatch(batch).then(
+      (answer) => answered({ batchId: message.batchId, answer, code: 0, message: "" }),
+      (err: unknown) => {
+        const refusal = itemRefusal(err, (e) => log.error({ err: e }, "submission batch failed"));
+        answered({ batchId: message.batchId, answer: undefined, ...refusal }, refusal);
+      },
+    );
+    function answered(response: SubmitJobStreamResponse, refusal?: { code: number; message: string }): void {
+      inFlight--;
+      auditStreamRequest(call, batch, response.answer, refusal);
+      if (!done) call.write(response);
+      if (call.isPaused() && inFlight < MAX_BATCHES_IN_FLIGHT) call.resume();
+      finish();
+    }
+  });
+}

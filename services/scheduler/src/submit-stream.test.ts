@@ -1,0 +1,163 @@
+/**
+ * The scheduler's submit stream: against a real job-manager (submits, a
+ * restart of it, and the stream reopened after), and against gRPC servers
+ * on loopback that play what a real one cannot be made to do on cue: answer
+ * out of order, never answer, or predate SubmitJobStream.
+ */
+import {
+  Server,
+  ServerCredentials,
+  status,
+  type sendUnaryData,
+  type ServerDuplexStream,
+  type ServerUnaryCall,
+} from "@grpc/grpc-js";
+import { afterEach, describe, expect, it } from "vitest";
+import {
+  Job,
+  JobServiceClient,
+  JobServiceService,
+  SubmitJobRequest,
+  type SubmitJobsRequest,
+  type SubmitJobsResponse,
+  type SubmitJobStreamRequest,
+  type SubmitJobStreamResponse,
+} from "@aspen/proto";
+import { createClient, createLogger, isRetryable } from "@aspen/runtime";
+import { startCluster } from "@aspen/testkit";
+import { SubmitStream } from "./submit-stream.js";
+
+const log = createLogger("test", "silent");
+const batchOf = (...jobIds: string[]): SubmitJobsRequest => ({
+  brief: true,
+  requests: jobIds.map((jobId) => SubmitJobRequest.fromPartial({ jobId, spec: { exec: { command: "true" } } })),
+});
+const accepted = (batch: SubmitJobsRequest): SubmitJobsResponse => ({
+  results: batch.requests.map((r) => ({
+    code: 0,
+    message: "",
+    response: { created: true, job: Job.fromPartial({ id: r.jobId }) },
+  })),
+});
+const ids = (answer: SubmitJobsResponse) => answer.results.map((r) => r.response?.job?.id);
+
+const cleanups: Array<() => Promise<void> | void> = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+/** A gRPC server on loopback serving only the given JobService methods. */
+async function serve(methods: Partial<Record<keyof typeof JobServiceService, unknown>>): Promise<{ client: JobServiceClient }> {
+  const server = new Server();
+  const definition = Object.fromEntries(
+    Object.keys(methods).map((k) => [k, JobServiceService[k as keyof typeof JobServiceService]]),
+  );
+  server.addService(definition, methods as never);
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync("127.0.0.1:0", ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+  );
+  const client = createClient(JobServiceClient, `127.0.0.1:${port}`, {});
+  cleanups.push(() => {
+    client.close();
+    server.forceShutdown();
+  });
+  return { client };
+}
+
+describe("SubmitStream", () => {
+  it("submits to a real job-manager, fails retryably while it is down, and reopens the stream once it is back", async () => {
+    const cluster = await startCluster({ agents: 0, scheduler: false });
+    cleanups.push(() => cluster[Symbol.asyncDispose]());
+    const client = createClient(JobServiceClient, cluster.addr.jobManager);
+    const submits = new SubmitStream(client, { log });
+    cleanups.push(() => {
+      submits.close();
+      client.close();
+    });
+
+    const [first, second] = await Promise.all([submits.submit(batchOf("s-1", "s-2")), submits.submit(batchOf("s-3"))]);
+    expect(first.results.map((r) => [r.code, r.response?.created])).toEqual([
+      [0, true],
+      [0, true],
+    ]);
+    expect(ids(second)).toEqual(["s-3"]);
+
+    await cluster.jobManager.stop();
+    const down = await submits.submit(batchOf("s-4")).catch((e: unknown) => e);
+    expect(down).toBeInstanceOf(Error);
+    expect(isRetryable(down)).toBe(true);
+
+    await cluster.restart("job-manager");
+    const again = await submits.submit(batchOf("s-4", "s-1"));
+    expect(again.results.map((r) => [r.response?.job?.id, r.response?.created])).toEqual([
+      ["s-4", true],
+      ["s-1", false],
+    ]);
+  });
+
+  it("settles each batch with its own answer when answers come out of order", async () => {
+    const { client } = await serve({
+      submitJobStream: (call: ServerDuplexStream<SubmitJobStreamRequest, SubmitJobStreamResponse>) => {
+        const held: SubmitJobStreamRequest[] = [];
+        call.on("data", (m: SubmitJobStreamRequest) => {
+          held.push(m);
+          if (held.length < 3) return;
+          for (const h of held.reverse()) call.write({ batchId: h.batchId, answer: accepted(h.batch!), code: 0, message: "" });
+        });
+      },
+    });
+    const submits = new SubmitStream(client, { log });
+    cleanups.push(() => submits.close());
+    const answers = await Promise.all([
+      submits.submit(batchOf("a")),
+      submits.submit(batchOf("b", "c")),
+      submits.submit(batchOf("d")),
+    ]);
+    expect(answers.map(ids)).toEqual([["a"], ["b", "c"], ["d"]]);
+  });
+
+  it("rejects a batch left unanswered past its deadline with a retryable DEADLINE_EXCEEDED", async () => {
+    const { client } = await serve({
+      submitJobStream: (call: ServerDuplexStream<SubmitJobStreamRequest, SubmitJobStreamResponse>) => {
+        call.on("data", () => undefined); // takes batches, never answers
+      },
+    });
+    const submits = new SubmitStream(client, { log, deadlineMs: 200 });
+    cleanups.push(() => submits.close());
+    const started = Date.now();
+    const err = (await submits.submit(batchOf("late")).catch((e: unknown) => e)) as { code?: number };
+    expect(err.code).toBe(status.DEADLINE_EXCEEDED);
+    expect(isRetryable(err)).toBe(true);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(190);
+  });
+
+  it("falls back to unary SubmitJobs with a job-manager that predates the stream", async () => {
+    const unary: string[][] = [];
+    const { client } = await serve({
+      submitJobs: (call: ServerUnaryCall<SubmitJobsRequest, SubmitJobsResponse>, done: sendUnaryData<SubmitJobsResponse>) => {
+        unary.push(call.request.requests.map((r) => r.jobId));
+        done(null, accepted(call.request));
+      },
+    });
+    const submits = new SubmitStream(client, { log });
+    cleanups.push(() => submits.close());
+    expect(ids(await submits.submit(batchOf("old-1")))).toEqual(["old-1"]);
+    expect(ids(await submits.submit(batchOf("old-2")))).toEqual(["old-2"]);
+    // The first went on the stream, came back UNIMPLEMENTED, and was sent again unary; the second went unary at once.
+    expect(unary).toEqual([["old-1"], ["old-2"]]);
+  });
+
+  it("rejects what is unanswered when closed, and everything after", async () => {
+    const { client } = await serve({
+      submitJobStream: (call: ServerDuplexStream<SubmitJobStreamRequest, SubmitJobStreamResponse>) => {
+        call.on("data", () => undefined);
+      },
+    });
+    const submits = new SubmitStream(client, { log });
+    const waiting = submits.submit(batchOf("x")).catch((e: unknown) => e);
+    await new Promise((r) => setTimeout(r, 50));
+    submits.close();
+    expect(await waiting).toMatchObject({ code: status.UNAVAILABLE });
+    await expect(submits.submit(batchOf("y"))).rejects.toMatchObject({ code: status.UNAVAILABLE });
+  });
+});
