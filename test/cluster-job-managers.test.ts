@@ -100,35 +100,41 @@ describe("two job-manager replicas", () => {
       JobServiceClient,
     ];
     try {
-      // One slot, six 1 s jobs, all submitted to the first replica: most are still queued there when it dies.
-      // (1 s, not less: the kill must land well before the running job ends and the first replica
-      // reserves the next one; on a loaded CI machine 300 ms was not always enough.)
+      // One slot, six 2 s jobs, all submitted to the first replica: most are still queued there when it dies.
       const ids = Array.from({ length: 6 }, (_, i) => `queued-${i}`);
       for (const id of ids) {
         await unaryCall(
           first.submitJob.bind(first),
-          SubmitJobRequest.fromPartial({ jobId: id, spec: { exec: { command: "sleep", args: ["1"] } } }),
+          SubmitJobRequest.fromPartial({ jobId: id, spec: { exec: { command: "sleep", args: ["2"] } } }),
         );
       }
       // Killed while none is between reservation and placement (such an attempt would wait out
-      // ASPEN_ASSIGN_TIMEOUT and end LOST, as after a single job-manager's crash): the second
-      // replica's own view shows one running and the rest queued.
+      // ASPEN_ASSIGN_TIMEOUT, 30 s, and end LOST, as after a single job-manager's crash): the
+      // second replica's own view shows one running and the rest queued, and the running one
+      // started under 800 ms ago, so the kill lands over a second before it ends and the first
+      // replica reserves the next. (Without that check, under load, the view could be seen
+      // late in the running job's life and the kill land in that window.)
       const queuedAtKill = await waitFor(
-        "one running, the rest queued, in the second replica's view",
+        "one running for under 800 ms, the rest queued, in the second replica's view",
         async () => {
           const jobs = (await unaryCall(second.listJobs.bind(second), ListJobsRequest.fromPartial({ pageSize: 100 }))).jobs;
           const queued = jobs.filter((j) => j.state === JobState.JOB_STATE_QUEUED).length;
-          const running = jobs.filter((j) => j.state === JobState.JOB_STATE_RUNNING).length;
-          return running === 1 && queued >= 2 && queued + running + jobs.filter((j) => isTerminal(j.state)).length === ids.length
+          const running = jobs.filter((j) => j.state === JobState.JOB_STATE_RUNNING);
+          const startedAt = running[0]?.history.findLast((h) => h.to === JobState.JOB_STATE_RUNNING)?.at?.getTime() ?? 0;
+          const fresh = Date.now() - startedAt < 800;
+          return running.length === 1 &&
+            fresh &&
+            queued >= 2 &&
+            queued + running.length + jobs.filter((j) => isTerminal(j.state)).length === ids.length
             ? queued
             : undefined;
         },
-        10_000,
+        20_000,
         5,
       );
       await cluster.jobManagers[0]!.kill("SIGKILL");
       const t0 = Date.now();
-      const all = await allEnded(second, ids.length, 30_000);
+      const all = await allEnded(second, ids.length, 45_000);
       for (const job of all) expectRanOnce(job);
       console.log(
         `second replica took over ${queuedAtKill} queued jobs; all ${ids.length} ended ${Date.now() - t0} ms after the kill`,
@@ -137,5 +143,5 @@ describe("two job-manager replicas", () => {
       first.close();
       second.close();
     }
-  }, 60_000);
+  }, 90_000);
 });

@@ -41,7 +41,7 @@ const accepted = (batch: SubmitJobsRequest): SubmitJobsResponse => ({
 });
 const ids = (answer: SubmitJobsResponse) => answer.results.map((r) => r.response?.job?.id);
 
-const cleanups: Array<() => Promise<void> | void> = [];
+const cleanups: Array<() => unknown> = [];
 afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
