@@ -140,6 +140,18 @@ export function principalOf(call: object): Principal | undefined {
   return principals.get(call);
 }
 
+const streamAdmits = new WeakMap<object, () => void>();
+
+/**
+ * Checks a bidi call's caller again, as when it opened: UNAUTHENTICATED or
+ * PERMISSION_DENIED if its token has been revoked (or its role changed) in the
+ * tokens file since. A long-lived stream calls it per request, so a revoked
+ * token stops working there as it does for new calls.
+ */
+export function readmit(call: object): void {
+  streamAdmits.get(call)?.();
+}
+
 const closingSignals = new WeakMap<object, AbortSignal>();
 
 /**
@@ -289,6 +301,7 @@ function adapt(
     } else {
       out[key] = ((call: ServerDuplexStream<unknown, unknown>) => {
         closingSignals.set(call, closing);
+        streamAdmits.set(call, () => admit(call));
         if (audited) {
           streamAudits.set(call, (request, answer, refusal) =>
             refusal === undefined

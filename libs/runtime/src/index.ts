@@ -46,6 +46,7 @@ export {
   GrpcServer,
   MAX_MESSAGE_BYTES,
   principalOf,
+  readmit,
   serverClosingOf,
   unaryCall,
   type AsyncService,

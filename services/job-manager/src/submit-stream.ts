@@ -5,7 +5,15 @@
  */
 import type { ServerDuplexStream } from "@grpc/grpc-js";
 import type { SubmitJobsRequest, SubmitJobsResponse, SubmitJobStreamRequest, SubmitJobStreamResponse } from "@aspen/proto";
-import { auditStreamRequest, checkDecoded, itemRefusal, serverClosingOf, toServiceError, type Logger } from "@aspen/runtime";
+import {
+  auditStreamRequest,
+  checkDecoded,
+  itemRefusal,
+  readmit,
+  serverClosingOf,
+  toServiceError,
+  type Logger,
+} from "@aspen/runtime";
 
 /**
  * Batches of one stream in progress at once; past it the stream is not read
@@ -17,7 +25,8 @@ export const MAX_BATCHES_IN_FLIGHT = 64;
 /**
  * Serves one stream until the client ends its side (or the server closes):
  * every batch taken is answered before the stream ends with OK. A message
- * that does not decode ends it with INVALID_ARGUMENT (its batch_id is unknown).
+ * that does not decode ends it with INVALID_ARGUMENT (its batch_id is unknown),
+ * and one from a caller whose token was revoked meanwhile with its refusal.
  */
 export function serveSubmitStream(
   call: ServerDuplexStream<SubmitJobStreamRequest, SubmitJobStreamResponse>,
@@ -38,7 +47,8 @@ export function serveSubmitStream(
     draining = true;
     finish();
   };
-  closing?.addEventListener("abort", drain, { once: true });
+  if (closing?.aborted) draining = true;
+  else closing?.addEventListener("abort", drain, { once: true });
   call.on("cancelled", () => {
     done = true;
     closing?.removeEventListener("abort", drain);
@@ -49,10 +59,18 @@ export function serveSubmitStream(
     if (draining) return; // after a drain began: not taken, and never answered (the client sends it again)
     try {
       checkDecoded(message);
+      readmit(call); // a token revoked since the stream opened stops working here too
     } catch (err) {
+      // Ends the stream (batches in progress finish, unanswered): for bytes that are no
+      // message its batch_id is unknown, and a caller no longer admitted gets nothing more.
+      const refused = toServiceError(err);
+      auditStreamRequest(call, (message as Partial<SubmitJobStreamRequest>).batch, undefined, {
+        code: refused.code,
+        message: refused.details,
+      });
       done = draining = true;
       closing?.removeEventListener("abort", drain);
-      call.emit("error", toServiceError(err));
+      call.emit("error", refused);
       return;
     }
     const batch = message.batch ?? { requests: [], brief: false };

@@ -24,7 +24,7 @@ import {
   type SubmitJobStreamResponse,
 } from "@aspen/proto";
 import { createClient, createLogger, isRetryable } from "@aspen/runtime";
-import { startCluster } from "@aspen/testkit";
+import { startCluster, waitFor } from "@aspen/testkit";
 import { SubmitStream } from "./submit-stream.js";
 
 const log = createLogger("test", "silent");
@@ -88,7 +88,10 @@ describe("SubmitStream", () => {
     expect(isRetryable(down)).toBe(true);
 
     await cluster.restart("job-manager");
-    const again = await submits.submit(batchOf("s-4", "s-1"));
+    // The channel may still be backing off from the outage (≤ 2 s): the scheduler retries a fire so too.
+    const again = await waitFor("a submission to the restarted job-manager", () =>
+      submits.submit(batchOf("s-4", "s-1")).catch(() => undefined),
+    );
     expect(again.results.map((r) => [r.response?.job?.id, r.response?.created])).toEqual([
       ["s-4", true],
       ["s-1", false],
@@ -116,10 +119,14 @@ describe("SubmitStream", () => {
     expect(answers.map(ids)).toEqual([["a"], ["b", "c"], ["d"]]);
   });
 
-  it("rejects a batch left unanswered past its deadline with a retryable DEADLINE_EXCEEDED", async () => {
+  it("rejects a batch left unanswered past its deadline with a retryable DEADLINE_EXCEEDED, and drops that stream", async () => {
+    let streams = 0;
     const { client } = await serve({
       submitJobStream: (call: ServerDuplexStream<SubmitJobStreamRequest, SubmitJobStreamResponse>) => {
-        call.on("data", () => undefined); // takes batches, never answers
+        const stuck = ++streams === 1; // the first stream takes batches and never answers
+        call.on("data", (m: SubmitJobStreamRequest) => {
+          if (!stuck) call.write({ batchId: m.batchId, answer: accepted(m.batch!), code: 0, message: "" });
+        });
       },
     });
     const submits = new SubmitStream(client, { log, deadlineMs: 200 });
@@ -129,6 +136,35 @@ describe("SubmitStream", () => {
     expect(err.code).toBe(status.DEADLINE_EXCEEDED);
     expect(isRetryable(err)).toBe(true);
     expect(Date.now() - started).toBeGreaterThanOrEqual(190);
+    // The retry goes on a new stream, not behind the stuck one.
+    expect(ids(await submits.submit(batchOf("late")))).toEqual(["late"]);
+    expect(streams).toBe(2);
+  });
+
+  it("fails a stream's unanswered batches retryably when it ends with an error, and sends the next on a new stream", async () => {
+    let streams = 0;
+    const { client } = await serve({
+      submitJobStream: (call: ServerDuplexStream<SubmitJobStreamRequest, SubmitJobStreamResponse>) => {
+        const first = ++streams === 1;
+        call.on("data", (m: SubmitJobStreamRequest) => {
+          // The first stream ends as a whole, as after a message the server could not decode.
+          if (first) call.emit("error", { code: status.INVALID_ARGUMENT, details: "request: not a valid protobuf message" });
+          else call.write({ batchId: m.batchId, answer: accepted(m.batch!), code: 0, message: "" });
+        });
+      },
+    });
+    const submits = new SubmitStream(client, { log });
+    cleanups.push(() => submits.close());
+    const failed = await Promise.all(
+      [submits.submit(batchOf("e-1")), submits.submit(batchOf("e-2"))].map((p) => p.catch((e: unknown) => e)),
+    );
+    for (const err of failed) {
+      // Not the batch's fault: a retry, not "the job-manager refused the fire".
+      expect(err).toMatchObject({ code: status.UNAVAILABLE });
+      expect(isRetryable(err)).toBe(true);
+    }
+    expect(ids(await submits.submit(batchOf("e-1")))).toEqual(["e-1"]);
+    expect(streams).toBe(2);
   });
 
   it("falls back to unary SubmitJobs with a job-manager that predates the stream", async () => {

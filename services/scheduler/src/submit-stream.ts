@@ -44,6 +44,10 @@ export interface SubmitStreamOptions {
  * batch the stream leaves unanswered — it failed, the job-manager ended it
  * while shutting down, or the deadline passed — is rejected with a retryable
  * error: submissions are create-if-absent by job id, so sending it again is safe.
+ * The deadline is this side's alone (the job-manager is not told of it, so a
+ * batch that timed out may still be submitted there; hence the stream is
+ * dropped then, see below). Writes do not wait on HTTP/2 flow control: what is
+ * queued here is bounded by the fires in progress (ASPEN_MAX_CONCURRENT_FIRES).
  */
 export class SubmitStream {
   private stream: Stream | undefined;
@@ -68,6 +72,10 @@ export class SubmitStream {
       const timer = setTimeout(() => {
         this.pending.delete(batchId);
         reject(errorForStatus(status.DEADLINE_EXCEEDED, `no answer to a submission batch within ${deadlineMs} ms`));
+        // A stream that leaves a batch unanswered this long is stuck: dropped with what is queued on
+        // it (those batches fail, retryably, below), rather than have retries pile up behind it.
+        if (this.stream === stream) this.stream = undefined;
+        stream.cancel();
       }, deadlineMs);
       this.pending.set(batchId, { stream, batch, timer, resolve, reject });
       stream.write({ batchId, batch });
@@ -115,10 +123,16 @@ export class SubmitStream {
         }
         return;
       }
+      // A refused caller is refused for each batch, as a unary call would be. Any other ending
+      // is the stream's, not the batch's (one bad message ends it for all): retryable.
       const err =
-        code === status.OK
-          ? new UnavailableError("the job-manager ended the submit stream before answering (shutting down)")
-          : fromServiceError({ code, details, message: details } as ServiceError);
+        code === status.UNAUTHENTICATED || code === status.PERMISSION_DENIED
+          ? fromServiceError({ code, details, message: details } as ServiceError)
+          : new UnavailableError(
+              code === status.OK
+                ? "the job-manager ended the submit stream before answering (shutting down)"
+                : `the submit stream ended with ${status[code]}: ${details}`,
+            );
       if (code !== status.OK && code !== status.CANCELLED) {
         this.options.log.warn({ code: status[code], err: details }, "submit stream failed; reopened on the next fire");
       }
