@@ -2,6 +2,7 @@
  * Authentication and roles on every RPC, driven by the service descriptors
  * (a new RPC is covered the day it is added), plus agent identity.
  */
+import { readFileSync, writeFileSync } from "node:fs";
 import { Client, Metadata, status, type ServiceDefinition, type ServiceError } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
@@ -50,8 +51,11 @@ function callStatus(client: Client, rpc: (typeof RPCS)[number], token: string | 
     call.on("error", (err: ServiceError) => resolve(err.code));
     call.on("status", (s: { code: number }) => resolve(s.code));
     if (rpc.def.requestStream) {
-      // A heartbeat first: refused as "not register" once past authentication.
-      (call as unknown as { write(m: unknown): void }).write(request);
+      // A heartbeat first: refused as "not register" once past authentication. Then the
+      // client's side ends, so a stream that takes the message (SubmitJobStream) ends too.
+      const duplex = call as unknown as { write(m: unknown): void; end(): void };
+      duplex.write(request);
+      duplex.end();
     }
   });
 }
@@ -187,6 +191,27 @@ describe("authentication and roles", () => {
       expect(done.workerId).toBe("agent-1");
     } finally {
       jobs.close();
+    }
+  });
+
+  // Last: it takes agent-1 out.
+  it("ends an agent's Connect stream once its token is revoked, and refuses it back", async () => {
+    const before = readFileSync(cluster.tokens.file, "utf8");
+    try {
+      const { tokens } = JSON.parse(before) as { tokens: Array<{ name: string }> };
+      writeFileSync(cluster.tokens.file, JSON.stringify({ tokens: tokens.filter((t) => t.name !== "agent-1") }));
+      // The file is re-read within a second or two; the agent's next heartbeat is then refused.
+      await waitFor(
+        "agent-1 to be disconnected",
+        () => cluster.coordinator.logs.some((l) => l.msg === "agent disconnected" && l.worker === "agent-1") || undefined,
+        15_000,
+      );
+      // It reconnects at once, and is refused.
+      const refused = registerAs(cluster.tokens.agents[0]!, "agent-1");
+      expect(await refused.first).toMatchObject({ code: status.UNAUTHENTICATED });
+      refused.coord.close();
+    } finally {
+      writeFileSync(cluster.tokens.file, before);
     }
   });
 });

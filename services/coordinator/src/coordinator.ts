@@ -37,6 +37,7 @@ import {
   NotFoundError,
   PermissionDeniedError,
   principalOf,
+  readmit,
   ResourceExhaustedError,
   Spans,
   toServiceError,
@@ -160,6 +161,8 @@ export class Coordinator {
     let session: Session | undefined;
     stream.on("data", (message: AgentMessage) => {
       try {
+        // A token revoked since the stream opened ends it at the agent's next message (a heartbeat a second).
+        readmit(stream);
         const msg = message.msg;
         if (!session) {
           if (msg?.$case !== "register") throw new InvalidArgumentError("msg", "the first message must be register");
