@@ -17,8 +17,9 @@ import {
 
 /**
  * Batches of one stream in progress at once; past it the stream is not read
- * (HTTP/2 flow control then holds the client back). The scheduler has far
- * fewer in flight (ASPEN_MAX_CONCURRENT_FIRES items, batched).
+ * (what the client sends meanwhile waits in its buffers and HTTP/2's). The
+ * scheduler's fires come batched per event-loop turn, so a burst of due
+ * schedules is a few batches, not one each.
  */
 export const MAX_BATCHES_IN_FLIGHT = 64;
 
