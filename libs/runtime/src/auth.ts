@@ -29,7 +29,7 @@ export const ROLE_PERMISSIONS: Readonly<Record<Role, readonly Permission[]>> = {
   service: ["read", "operate", "internal"],
 };
 
-const INTERNAL = new Set(["ReportAttempts", "PlaceJobs", "PlaceJob", "CancelAttempt"]);
+const INTERNAL = new Set(["ReportAttempts", "ReportAttemptStream", "PlaceJobs", "PlaceJobStream", "PlaceJob", "CancelAttempt"]);
 const ADMIN = new Set(["PurgeDeadLetters", "CreateWorkerGroup", "UpdateWorkerGroup", "DeleteWorkerGroup"]);
 const READ = /^(Get|List|Watch|Preview|Stream|Match)/;
 

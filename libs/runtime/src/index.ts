@@ -73,6 +73,7 @@ export { closeInOrder, closeOnSignals, runMain, type Closable } from "./lifecycl
 export { durationToMs, msToDuration, parseDurationMs } from "./time.js";
 export { MinHeap } from "./min-heap.js";
 export { TurnBatcher } from "./turn-batcher.js";
+export { BatchStream, MAX_BATCHES_IN_FLIGHT, serveBatchStream, type BatchStreamOptions } from "./batch-stream.js";
 export {
   generateSecretsKeyPair,
   isSealedForm,

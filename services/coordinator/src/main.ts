@@ -1,6 +1,23 @@
 /** Coordinator process: wires config, logging, telemetry and metrics, NATS and the gRPC server. */
-import { JobServiceClient, Worker, WorkerGroup, WorkerHealth } from "@aspen/proto";
-import { closeInOrder, createClient, createLogger, GrpcServer, meter, observeGauge, runMain, unaryCall } from "@aspen/runtime";
+import {
+  JobServiceClient,
+  Worker,
+  WorkerGroup,
+  WorkerHealth,
+  type ReportAttemptsRequest,
+  type ReportAttemptsResponse,
+} from "@aspen/proto";
+import {
+  BatchStream,
+  closeInOrder,
+  createClient,
+  createLogger,
+  GrpcServer,
+  meter,
+  observeGauge,
+  runMain,
+  unaryCall,
+} from "@aspen/runtime";
 import { openControlService } from "@aspen/store";
 import { loadCoordinatorConfig } from "./config.js";
 import { Coordinator } from "./coordinator.js";
@@ -12,6 +29,13 @@ await runMain(log, async () => {
   const config = loadCoordinatorConfig();
   const { replicaId, telemetry, store, audit } = await openControlService("coordinator", config, log);
   const jobManager = createClient(JobServiceClient, config.ASPEN_JOB_MANAGER_ADDR);
+  const reportStream = new BatchStream<ReportAttemptsRequest, ReportAttemptsResponse>({
+    name: "ReportAttemptStream",
+    open: () => jobManager.reportAttemptStream(),
+    unary: (batch, deadlineMs) => unaryCall(jobManager.reportAttempts.bind(jobManager), batch, { deadlineMs }),
+    empty: { refusals: [] },
+    log,
+  });
   // Placement time: choosing a worker and handing it the attempt (Coordinator.place).
   const placeTime = meter().createHistogram("aspen.coordinator.placement_duration", {
     unit: "ms",
@@ -20,8 +44,7 @@ await runMain(log, async () => {
   const coordinator = new Coordinator({
     workers: await store.bucket("aspen_workers", Worker),
     groups: await store.bucket("aspen_worker_groups", WorkerGroup),
-    report: async (events, notHeld) =>
-      (await unaryCall(jobManager.reportAttempts.bind(jobManager), { events, notHeld })).refusals,
+    report: async (events, notHeld) => (await reportStream.send({ events, notHeld })).refusals,
     log,
     heartbeatIntervalMs: config.ASPEN_HEARTBEAT_INTERVAL,
     unhealthyAfterMs: config.ASPEN_UNHEALTHY_AFTER,
@@ -53,7 +76,7 @@ await runMain(log, async () => {
     host: config.ASPEN_GRPC_HOST,
     port: config.ASPEN_GRPC_PORT,
     log,
-    services: [coordinatorService(coordinator)],
+    services: [coordinatorService(coordinator, log)],
   });
   const port = await server.start();
   log.info({ port, replica: replicaId, metricsPort: config.ASPEN_METRICS_PORT || undefined }, "coordinator ready");
@@ -63,6 +86,7 @@ await runMain(log, async () => {
       closeInOrder(log, [
         ["agent sessions", () => coordinator.close()],
         ["grpc server", () => server.close(2_000)],
+        ["report stream", () => reportStream.close()],
         ["job-manager client", () => jobManager.close()],
         ["nats", () => store.close()],
         ["telemetry", () => telemetry.shutdown()],

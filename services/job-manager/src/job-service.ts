@@ -8,7 +8,7 @@ import {
   JobServiceService,
   type ControlAuditRecord,
   type JobServiceServer,
-  type SubmitJobsRequest,
+  SubmitJobsRequest,
   type SubmitJobsResponse,
 } from "@aspen/proto";
 import {
@@ -17,6 +17,7 @@ import {
   InvalidArgumentError,
   itemRefusal,
   principalOf,
+  serveBatchStream,
   type Logger,
   type ServiceBinding,
 } from "@aspen/runtime";
@@ -24,7 +25,6 @@ import { isTerminal, Limits, redactJob } from "@aspen/model";
 import type { AppendOnlyLog } from "@aspen/store";
 import type { JobManager } from "./job-manager.js";
 import { outputStreamHandlers } from "./output-stream.js";
-import { serveSubmitStream } from "./submit-stream.js";
 
 const MAX_CONTROL_AUDIT = 1000;
 
@@ -74,7 +74,7 @@ export function jobService(
     submitJobs: async (req, call) => submitBatch(req, principalOf(call)?.name),
     submitJobStream: (call) => {
       const caller = principalOf(call)?.name;
-      serveSubmitStream(call, (batch) => submitBatch(batch, caller), log);
+      serveBatchStream(call, (batch) => submitBatch(batch ?? SubmitJobsRequest.fromPartial({}), caller), log);
     },
     getJob: async (req) => redactJob(await jobs.get(req.jobId)),
     listJobs: async (req) => {
@@ -83,6 +83,12 @@ export function jobService(
     },
     cancelJob: async (req) => redactJob(await jobs.cancel(req.jobId, req.reason)),
     reportAttempts: async (req) => ({ refusals: await jobs.report(req.events, new Set(req.notHeld)) }),
+    reportAttemptStream: (call) =>
+      serveBatchStream(
+        call,
+        async (batch) => ({ refusals: await jobs.report(batch?.events ?? [], new Set(batch?.notHeld)) }),
+        log,
+      ),
     getJobResult: async (req, call) => {
       const abort = new AbortController();
       call.on("cancelled", () => abort.abort());

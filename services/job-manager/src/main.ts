@@ -1,8 +1,16 @@
 /** Job-manager process: wires config, logging, telemetry and metrics, NATS and the gRPC server. */
 import { performance } from "node:perf_hooks";
-import { CoordinatorServiceClient, IdempotencyRecord, Job, type PlaceJobRequest } from "@aspen/proto";
+import {
+  CoordinatorServiceClient,
+  IdempotencyRecord,
+  Job,
+  type PlaceJobRequest,
+  type PlaceJobsRequest,
+  type PlaceJobsResponse,
+} from "@aspen/proto";
 import { BATCH_BYTES, Limits, specBytes } from "@aspen/model";
 import {
+  BatchStream,
   closeInOrder,
   createClient,
   createLogger,
@@ -33,10 +41,17 @@ await runMain(log, async () => {
     unit: "ms",
     description: "Placement round trip to the coordinator, as the job-manager saw it (failed placements included)",
   });
-  // The attempts placed in one event-loop turn go to the coordinator in one PlaceJobs call.
+  const placeStream = new BatchStream<PlaceJobsRequest, PlaceJobsResponse>({
+    name: "PlaceJobStream",
+    open: () => coordinator.placeJobStream(),
+    unary: (batch, deadlineMs) => unaryCall(coordinator.placeJobs.bind(coordinator), batch, { deadlineMs }),
+    empty: { results: [] },
+    log,
+  });
+  // The attempts placed in one event-loop turn go to the coordinator in one batch (on PlaceJobStream).
   const placements = new TurnBatcher<PlaceJobRequest, string>(
     async (batch) => {
-      const { results } = await unaryCall(coordinator.placeJobs.bind(coordinator), { placements: batch });
+      const { results } = await placeStream.send({ placements: batch });
       return results.map((r) => (r.code === 0 ? r.workerId : errorForStatus(r.code, r.message)));
     },
     {
@@ -115,6 +130,7 @@ await runMain(log, async () => {
       closeInOrder(log, [
         ["grpc server", () => server.close()],
         ["dispatcher", () => jobs.close()],
+        ["place stream", () => placeStream.close()],
         ["coordinator client", () => coordinator.close()],
         ["nats", () => store.close()],
         ["telemetry", () => telemetry.shutdown()],

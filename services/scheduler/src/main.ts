@@ -6,9 +6,12 @@ import {
   SchedulerLease,
   type SubmitJobRequest,
   type SubmitJobResponse,
+  type SubmitJobsRequest,
+  type SubmitJobsResponse,
 } from "@aspen/proto";
 import { BATCH_BYTES, Limits, specBytes } from "@aspen/model";
 import {
+  BatchStream,
   closeInOrder,
   createClient,
   createLogger,
@@ -25,7 +28,6 @@ import { loadSchedulerConfig } from "./config.js";
 import { Lease } from "./lease.js";
 import { createMetrics } from "./metrics.js";
 import { Scheduler } from "./scheduler.js";
-import { SubmitStream } from "./submit-stream.js";
 import { schedulerService } from "./scheduler-service.js";
 
 const log = createLogger("scheduler");
@@ -35,11 +37,17 @@ await runMain(log, async () => {
   const { replicaId, telemetry, store, audit } = await openControlService("scheduler", config, log);
   const jobManager = createClient(JobServiceClient, config.ASPEN_JOB_MANAGER_ADDR);
   const sealer = controlPlaneSealer(config.ASPEN_SECRETS_PUBLIC_KEY_FILE, log);
-  const submitStream = new SubmitStream(jobManager, { log });
+  const submitStream = new BatchStream<SubmitJobsRequest, SubmitJobsResponse>({
+    name: "SubmitJobStream",
+    open: () => jobManager.submitJobStream(),
+    unary: (batch, deadlineMs) => unaryCall(jobManager.submitJobs.bind(jobManager), batch, { deadlineMs }),
+    empty: { results: [] },
+    log,
+  });
   // The fires of one event-loop turn (schedules due at the same instant) go to the job-manager in one batch.
   const submissions = new TurnBatcher<SubmitJobRequest, SubmitJobResponse>(
     async (requests) => {
-      const { results } = await submitStream.submit({ requests, brief: true });
+      const { results } = await submitStream.send({ requests, brief: true });
       return results.map((r) => (r.code === 0 && r.response ? r.response : errorForStatus(r.code, r.message)));
     },
     {

@@ -1,8 +1,9 @@
 /**
- * The scheduler's submit stream: against a real job-manager (submits, a
- * restart of it, and the stream reopened after), and against gRPC servers
- * on loopback that play what a real one cannot be made to do on cue: answer
- * out of order, never answer, or predate SubmitJobStream.
+ * Batch streams, through the scheduler's (SubmitJobStream): against a real
+ * job-manager (submits, a restart of it, and the stream reopened after), and
+ * against gRPC servers on loopback that play what a real one cannot be made
+ * to do on cue: answer out of order, never answer, predate the stream, or
+ * hold its batches (the server side's in-flight cap).
  */
 import {
   Server,
@@ -23,9 +24,11 @@ import {
   type SubmitJobStreamRequest,
   type SubmitJobStreamResponse,
 } from "@aspen/proto";
-import { createClient, createLogger, isRetryable } from "@aspen/runtime";
 import { startCluster, waitFor } from "@aspen/testkit";
-import { SubmitStream } from "./submit-stream.js";
+import { BatchStream, MAX_BATCHES_IN_FLIGHT, serveBatchStream } from "./batch-stream.js";
+import { isRetryable } from "./errors.js";
+import { createClient, unaryCall } from "./grpc.js";
+import { createLogger } from "./logger.js";
 
 const log = createLogger("test", "silent");
 const batchOf = (...jobIds: string[]): SubmitJobsRequest => ({
@@ -64,18 +67,29 @@ async function serve(methods: Partial<Record<keyof typeof JobServiceService, unk
   return { client };
 }
 
-describe("SubmitStream", () => {
+/** The scheduler's stream to a job-manager. */
+const submitStream = (client: JobServiceClient, deadlineMs?: number) =>
+  new BatchStream<SubmitJobsRequest, SubmitJobsResponse>({
+    name: "SubmitJobStream",
+    open: () => client.submitJobStream(),
+    unary: (batch, ms) => unaryCall(client.submitJobs.bind(client), batch, { deadlineMs: ms }),
+    empty: { results: [] },
+    log,
+    deadlineMs,
+  });
+
+describe("BatchStream", () => {
   it("submits to a real job-manager, fails retryably while it is down, and reopens the stream once it is back", async () => {
     const cluster = await startCluster({ agents: 0, scheduler: false });
     cleanups.push(() => cluster[Symbol.asyncDispose]());
     const client = createClient(JobServiceClient, cluster.addr.jobManager);
-    const submits = new SubmitStream(client, { log });
+    const submits = submitStream(client);
     cleanups.push(() => {
       submits.close();
       client.close();
     });
 
-    const [first, second] = await Promise.all([submits.submit(batchOf("s-1", "s-2")), submits.submit(batchOf("s-3"))]);
+    const [first, second] = await Promise.all([submits.send(batchOf("s-1", "s-2")), submits.send(batchOf("s-3"))]);
     expect(first.results.map((r) => [r.code, r.response?.created])).toEqual([
       [0, true],
       [0, true],
@@ -83,14 +97,14 @@ describe("SubmitStream", () => {
     expect(ids(second)).toEqual(["s-3"]);
 
     await cluster.jobManager.stop();
-    const down = await submits.submit(batchOf("s-4")).catch((e: unknown) => e);
+    const down = await submits.send(batchOf("s-4")).catch((e: unknown) => e);
     expect(down).toBeInstanceOf(Error);
     expect(isRetryable(down)).toBe(true);
 
     await cluster.restart("job-manager");
     // The channel may still be backing off from the outage (≤ 2 s): the scheduler retries a fire so too.
     const again = await waitFor("a submission to the restarted job-manager", () =>
-      submits.submit(batchOf("s-4", "s-1")).catch(() => undefined),
+      submits.send(batchOf("s-4", "s-1")).catch(() => undefined),
     );
     expect(again.results.map((r) => [r.response?.job?.id, r.response?.created])).toEqual([
       ["s-4", true],
@@ -109,13 +123,9 @@ describe("SubmitStream", () => {
         });
       },
     });
-    const submits = new SubmitStream(client, { log });
+    const submits = submitStream(client);
     cleanups.push(() => submits.close());
-    const answers = await Promise.all([
-      submits.submit(batchOf("a")),
-      submits.submit(batchOf("b", "c")),
-      submits.submit(batchOf("d")),
-    ]);
+    const answers = await Promise.all([submits.send(batchOf("a")), submits.send(batchOf("b", "c")), submits.send(batchOf("d"))]);
     expect(answers.map(ids)).toEqual([["a"], ["b", "c"], ["d"]]);
   });
 
@@ -129,15 +139,15 @@ describe("SubmitStream", () => {
         });
       },
     });
-    const submits = new SubmitStream(client, { log, deadlineMs: 200 });
+    const submits = submitStream(client, 200);
     cleanups.push(() => submits.close());
     const started = Date.now();
-    const err = (await submits.submit(batchOf("late")).catch((e: unknown) => e)) as { code?: number };
+    const err = (await submits.send(batchOf("late")).catch((e: unknown) => e)) as { code?: number };
     expect(err.code).toBe(status.DEADLINE_EXCEEDED);
     expect(isRetryable(err)).toBe(true);
     expect(Date.now() - started).toBeGreaterThanOrEqual(190);
     // The retry goes on a new stream, not behind the stuck one.
-    expect(ids(await submits.submit(batchOf("late")))).toEqual(["late"]);
+    expect(ids(await submits.send(batchOf("late")))).toEqual(["late"]);
     expect(streams).toBe(2);
   });
 
@@ -153,17 +163,17 @@ describe("SubmitStream", () => {
         });
       },
     });
-    const submits = new SubmitStream(client, { log });
+    const submits = submitStream(client);
     cleanups.push(() => submits.close());
     const failed = await Promise.all(
-      [submits.submit(batchOf("e-1")), submits.submit(batchOf("e-2"))].map((p) => p.catch((e: unknown) => e)),
+      [submits.send(batchOf("e-1")), submits.send(batchOf("e-2"))].map((p) => p.catch((e: unknown) => e)),
     );
     for (const err of failed) {
       // Not the batch's fault: a retry, not "the job-manager refused the fire".
       expect(err).toMatchObject({ code: status.UNAVAILABLE });
       expect(isRetryable(err)).toBe(true);
     }
-    expect(ids(await submits.submit(batchOf("e-1")))).toEqual(["e-1"]);
+    expect(ids(await submits.send(batchOf("e-1")))).toEqual(["e-1"]);
     expect(streams).toBe(2);
   });
 
@@ -175,10 +185,10 @@ describe("SubmitStream", () => {
         done(null, accepted(call.request));
       },
     });
-    const submits = new SubmitStream(client, { log });
+    const submits = submitStream(client);
     cleanups.push(() => submits.close());
-    expect(ids(await submits.submit(batchOf("old-1")))).toEqual(["old-1"]);
-    expect(ids(await submits.submit(batchOf("old-2")))).toEqual(["old-2"]);
+    expect(ids(await submits.send(batchOf("old-1")))).toEqual(["old-1"]);
+    expect(ids(await submits.send(batchOf("old-2")))).toEqual(["old-2"]);
     // The first went on the stream, came back UNIMPLEMENTED, and was sent again unary; the second went unary at once.
     expect(unary).toEqual([["old-1"], ["old-2"]]);
   });
@@ -189,11 +199,72 @@ describe("SubmitStream", () => {
         call.on("data", () => undefined);
       },
     });
-    const submits = new SubmitStream(client, { log });
-    const waiting = submits.submit(batchOf("x")).catch((e: unknown) => e);
+    const submits = submitStream(client);
+    const waiting = submits.send(batchOf("x")).catch((e: unknown) => e);
     await new Promise((r) => setTimeout(r, 50));
     submits.close();
     expect(await waiting).toMatchObject({ code: status.UNAVAILABLE });
-    await expect(submits.submit(batchOf("y"))).rejects.toMatchObject({ code: status.UNAVAILABLE });
+    await expect(submits.send(batchOf("y"))).rejects.toMatchObject({ code: status.UNAVAILABLE });
+  });
+});
+
+/** A server whose submissions wait until the test releases them. */
+async function heldServer() {
+  const held: Array<{ batch: SubmitJobsRequest; release: () => void }> = [];
+  const submitBatch = (batch: SubmitJobsRequest) =>
+    new Promise<SubmitJobsResponse>((resolve) =>
+      held.push({
+        batch,
+        release: () =>
+          resolve({
+            results: batch.requests.map((r) => ({
+              code: 0,
+              message: "",
+              response: { created: true, job: Job.fromPartial({ id: r.jobId }) },
+            })),
+          }),
+      }),
+    );
+  const server = new Server();
+  server.addService({ submitJobStream: JobServiceService.submitJobStream }, {
+    submitJobStream: (call: ServerDuplexStream<SubmitJobStreamRequest, SubmitJobStreamResponse>) =>
+      serveBatchStream(call, (batch) => submitBatch(batch!), log),
+  } as never);
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync("127.0.0.1:0", ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+  );
+  const client = createClient(JobServiceClient, `127.0.0.1:${port}`, {});
+  cleanups.push(() => {
+    client.close();
+    server.forceShutdown();
+  });
+  return { client, held };
+}
+
+describe("serveBatchStream", () => {
+  it(`works on at most ${MAX_BATCHES_IN_FLIGHT} batches of a stream at once, and answers every one before ending it`, async () => {
+    const { client, held } = await heldServer();
+    const stream = client.submitJobStream();
+    const answers: SubmitJobStreamResponse[] = [];
+    stream.on("data", (a: SubmitJobStreamResponse) => answers.push(a));
+    const ended = new Promise<{ code: status }>((resolve) => stream.on("status", resolve));
+    const total = MAX_BATCHES_IN_FLIGHT + 10;
+    for (let i = 1; i <= total; i++) {
+      stream.write({ batchId: i, batch: { brief: true, requests: [SubmitJobRequest.fromPartial({ jobId: `b-${i}` })] } });
+    }
+    stream.end();
+    await waitFor("the first batches taken", () => held.length >= MAX_BATCHES_IN_FLIGHT || undefined);
+    await new Promise((r) => setTimeout(r, 200)); // time to take more, if it would
+    expect(held.length).toBe(MAX_BATCHES_IN_FLIGHT);
+    expect(answers).toEqual([]);
+
+    // Each answer frees a place: the rest are taken as the first ones are answered.
+    for (let n = 0; n < total; n++) {
+      await waitFor(`batch ${n + 1} taken`, () => held[n]);
+      held[n]!.release();
+    }
+    expect((await ended).code).toBe(status.OK); // ended by the client, after the last answer
+    expect(answers.map((a) => a.batchId).sort((a, b) => a - b)).toEqual(Array.from({ length: total }, (_, i) => i + 1));
+    expect(answers.every((a) => a.answer?.results[0]?.response?.job?.id === `b-${a.batchId}`)).toBe(true);
   });
 });
