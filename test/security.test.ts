@@ -80,6 +80,20 @@ describe("authentication and roles", () => {
     expect(RPCS.length).toBeGreaterThan(30);
   });
 
+  it("gives each batch stream the permission of its unary batch call (the stream is the same call, carried differently)", () => {
+    const twins = [
+      ["SubmitJobStream", "SubmitJobs"],
+      ["PlaceJobStream", "PlaceJobs"],
+      ["ReportAttemptStream", "ReportAttempts"],
+    ];
+    for (const [stream, unary] of twins) {
+      expect(RPCS.some((r) => r.method === stream)).toBe(true);
+      expect([stream, permissionFor(stream!)]).toEqual([stream, permissionFor(unary!)]);
+    }
+    // Pinned, so a new name cannot slip into "operate" unnoticed: placements and reports are between services only.
+    expect(["PlaceJobStream", "ReportAttemptStream"].map(permissionFor)).toEqual(["internal", "internal"]);
+  });
+
   it.each(RPCS.map((r) => [`${r.service}/${r.method}`, r] as const))(
     "%s: UNAUTHENTICATED without a token or with a bad one",
     async (_n, rpc) => {

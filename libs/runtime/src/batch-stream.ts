@@ -61,15 +61,15 @@ interface Pending<B, A> {
 
 /**
  * Sends each batch on the open stream (opened on first use, and again after it
- * ends or fails) and settles it with the answer carrying its batch_id. A batch
- * the stream leaves unanswered — it failed, the peer ended it while shutting
- * down, or the deadline passed — is rejected with a retryable error (every
- * batch call here is safe to repeat: submissions are create-if-absent by job
- * id, placements are fenced by attempt, reports are idempotent per attempt).
- * The deadline is this side's alone (the peer is not told of it, so a batch that
- * timed out may still be done there); the stream is dropped then. Writes do not
- * wait on HTTP/2 flow control: what is queued here is bounded by the caller's
- * own work in progress (fires, placements, reports).
+ * ends or fails) and settles it with the answer carrying its batch_id. Failures
+ * are a unary call's, batch by batch: a stream that fails or that the peer ends
+ * while shutting down rejects what it left unanswered with a retryable error,
+ * as a broken connection fails the calls on it; a batch past its deadline is
+ * rejected alone and the stream goes on, as one call's deadline would (the peer
+ * is not told of the deadline, so that batch may still be done there — the
+ * same as a unary call that timed out; the caller's retry must allow for it).
+ * Writes do not wait on HTTP/2 flow control: what is queued here is bounded by
+ * the caller's own work in progress (fires, placements, reports).
  */
 export class BatchStream<B, A> {
   private stream: Stream<B, A> | undefined;
@@ -88,13 +88,11 @@ export class BatchStream<B, A> {
     this.lastId = this.lastId >= 0xffff_ffff ? 1 : this.lastId + 1;
     const batchId = this.lastId;
     return new Promise((resolve, reject) => {
+      // Only this batch: cancelling the stream would fail the others too while the peer may
+      // still be doing them (a placement retried meanwhile could then run twice).
       const timer = setTimeout(() => {
         this.pending.delete(batchId);
         reject(errorForStatus(status.DEADLINE_EXCEEDED, `${name}: no answer to a batch within ${deadlineMs} ms`));
-        // A stream that leaves a batch unanswered this long is stuck: dropped with what is queued on
-        // it (those batches fail, retryably, below), rather than have retries pile up behind it.
-        if (this.stream === stream) this.stream = undefined;
-        stream.cancel();
       }, deadlineMs);
       this.pending.set(batchId, { stream, batch, timer, resolve, reject });
       stream.write({ batchId, batch });
@@ -179,7 +177,8 @@ export const MAX_BATCHES_IN_FLIGHT = 64;
  * closes): batches run side by side, as separate unary calls would, and every
  * batch taken is answered before the stream ends with OK. A message that does
  * not decode ends it with INVALID_ARGUMENT (its batch_id is unknown), and one
- * from a caller whose token was revoked meanwhile with that refusal. Each batch
+ * from a caller whose token was revoked meanwhile with that refusal, also once
+ * the batches in progress are answered. Each batch
  * goes to the control audit trail as its unary call would (when audited).
  */
 export function serveBatchStream<B, A>(
@@ -188,14 +187,16 @@ export function serveBatchStream<B, A>(
   log: Logger,
 ): void {
   let inFlight = 0;
-  let draining = false; // taking no more batches: the client ended its side, or the server is closing
+  let draining = false; // taking no more batches: the client ended its side, the server is closing, or refused
   let done = false;
+  let refusedWith: ReturnType<typeof toServiceError> | undefined; // the status the stream ends with, if not OK
   const closing = serverClosingOf(call);
   const finish = (): void => {
     if (done || !draining || inFlight > 0) return;
     done = true;
     closing?.removeEventListener("abort", drain);
-    call.end();
+    if (refusedWith) call.emit("error", refusedWith);
+    else call.end();
   };
   const drain = (): void => {
     draining = true;
@@ -215,16 +216,15 @@ export function serveBatchStream<B, A>(
       checkDecoded(message);
       readmit(call); // a token revoked since the stream opened stops working here too
     } catch (err) {
-      // Ends the stream (batches in progress finish, unanswered): for bytes that are no
-      // message its batch_id is unknown, and a caller no longer admitted gets nothing more.
-      const refused = toServiceError(err);
+      // Ends the stream with this status once the batches in progress are answered: for bytes
+      // that are no message the batch_id is unknown, and a caller no longer admitted gets
+      // nothing more. (Ending it at once would leave batches done but unanswered.)
+      refusedWith = toServiceError(err);
       auditStreamRequest(call, (message as Partial<BatchMessage<B>>).batch, undefined, {
-        code: refused.code,
-        message: refused.details,
+        code: refusedWith.code,
+        message: refusedWith.details,
       });
-      done = draining = true;
-      closing?.removeEventListener("abort", drain);
-      call.emit("error", refused);
+      drain();
       return;
     }
     const { batchId, batch } = message;

@@ -1033,7 +1033,9 @@ export class JobManager {
     this.changes.emit(entry.key, entry.value);
     if (previous === entry.value.state) return;
     // Another replica received the report that freed a slot: our throttled queue may go on.
-    if (foreign && (previous === S.JOB_STATE_ASSIGNED || previous === S.JOB_STATE_RUNNING)) this.dispatcher.capacityFreed();
+    // (ASSIGNED → RUNNING frees none: the attempt holds its slot on.)
+    const freed = previous === S.JOB_STATE_ASSIGNED || previous === S.JOB_STATE_RUNNING;
+    if (foreign && freed && entry.value.state !== S.JOB_STATE_RUNNING) this.dispatcher.capacityFreed();
     this.react(entry.value, foreign);
   }
 
