@@ -225,31 +225,10 @@ describe("BatchStream", () => {
 async function heldServer() {
   const held: Array<{ batch: SubmitJobsRequest; release: () => void }> = [];
   const submitBatch = (batch: SubmitJobsRequest) =>
-    new Promise<SubmitJobsResponse>((resolve) =>
-      held.push({
-        batch,
-        release: () =>
-          resolve({
-            results: batch.requests.map((r) => ({
-              code: 0,
-              message: "",
-              response: { created: true, job: Job.fromPartial({ id: r.jobId }) },
-            })),
-          }),
-      }),
-    );
-  const server = new Server();
-  server.addService({ submitJobStream: JobServiceService.submitJobStream }, {
+    new Promise<SubmitJobsResponse>((resolve) => held.push({ batch, release: () => resolve(accepted(batch)) }));
+  const { client } = await serve({
     submitJobStream: (call: ServerDuplexStream<SubmitJobStreamRequest, SubmitJobStreamResponse>) =>
       serveBatchStream(call, (batch) => submitBatch(batch!), log),
-  } as never);
-  const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync("127.0.0.1:0", ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
-  );
-  const client = createClient(JobServiceClient, `127.0.0.1:${port}`, {});
-  cleanups.push(() => {
-    client.close();
-    server.forceShutdown();
   });
   return { client, held };
 }

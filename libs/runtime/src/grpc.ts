@@ -140,7 +140,16 @@ export function principalOf(call: object): Principal | undefined {
   return principals.get(call);
 }
 
-const streamAdmits = new WeakMap<object, () => void>();
+type Refusal = { code: status; message: string };
+
+/** What a bidi call's handler can ask of its server while the call lasts (set before the handler runs). */
+interface StreamContext {
+  readmit: () => void;
+  closing: AbortSignal;
+  /** Undefined when the method is not audited. */
+  audit: ((request: unknown, answer: unknown, refusal: Refusal | undefined) => void) | undefined;
+}
+const streamContexts = new WeakMap<object, StreamContext>();
 
 /**
  * Checks a bidi call's caller again, as when it opened: UNAUTHENTICATED or
@@ -149,10 +158,8 @@ const streamAdmits = new WeakMap<object, () => void>();
  * token stops working there as it does for new calls.
  */
 export function readmit(call: object): void {
-  streamAdmits.get(call)?.();
+  streamContexts.get(call)?.readmit();
 }
-
-const closingSignals = new WeakMap<object, AbortSignal>();
 
 /**
  * Aborted when the server serving this bidi call starts to close (after it
@@ -160,11 +167,8 @@ const closingSignals = new WeakMap<object, AbortSignal>();
  * rather than hold the shutdown until its grace runs out.
  */
 export function serverClosingOf(call: object): AbortSignal | undefined {
-  return closingSignals.get(call);
+  return streamContexts.get(call)?.closing;
 }
-
-type Refusal = { code: status; message: string };
-const streamAudits = new WeakMap<object, (request: unknown, answer: unknown, refusal: Refusal | undefined) => void>();
 
 /**
  * Records one request of a bidi stream in the control audit trail (as a unary
@@ -172,7 +176,7 @@ const streamAudits = new WeakMap<object, (request: unknown, answer: unknown, ref
  * or, when refused as a whole, `refusal`. Nothing when the call is not audited.
  */
 export function auditStreamRequest(call: object, request: unknown, answer: unknown, refusal?: Refusal): void {
-  streamAudits.get(call)?.(request, answer, refusal);
+  streamContexts.get(call)?.audit?.(request, answer, refusal);
 }
 
 const outcomeOf = (code: status, message: string) => `${status[code] ?? code}: ${message}`;
@@ -300,15 +304,16 @@ function adapt(
       }) as handleServerStreamingCall<unknown, unknown>;
     } else {
       out[key] = ((call: ServerDuplexStream<unknown, unknown>) => {
-        closingSignals.set(call, closing);
-        streamAdmits.set(call, () => admit(call));
-        if (audited) {
-          streamAudits.set(call, (request, answer, refusal) =>
-            refusal === undefined
-              ? recordAnswer(call, request, answer)
-              : record(call, outcomeOf(refusal.code, refusal.message), targetOf(request)),
-          );
-        }
+        streamContexts.set(call, {
+          readmit: () => admit(call),
+          closing,
+          audit: audited
+            ? (request, answer, refusal) =>
+                refusal === undefined
+                  ? recordAnswer(call, request, answer)
+                  : record(call, outcomeOf(refusal.code, refusal.message), targetOf(request))
+            : undefined,
+        });
         try {
           admit(call);
           handler(call);
